@@ -1,0 +1,179 @@
+"""rf_jax checkpoints: an orbax PyTree of parameters plus the model config, written atomically.
+
+Layout of a checkpoint folder:
+    params/       orbax StandardCheckpointer tree (nested dict mirroring the NNX parameter paths)
+    config.json   {"format": "rf_jax.dit/1", "model": ModelConfig fields}
+    meta.json     where the weights came from (source file, entry, stripped prefix, dtype policy, count)
+
+The folder is assembled under a temporary name beside the destination and renamed into place at the end, so an
+interrupted write never leaves a half-written checkpoint under the final name.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+from typing import Any, Callable, Iterator, Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from rf_jax.config import ModelConfig
+
+FORMAT = "rf_jax.dit/1"
+Path = tuple[str | int, ...]
+
+
+def abstract_model(config: ModelConfig, *, dtype=jnp.float32) -> Any:
+  """The DiT with shapes but no allocated arrays (`nnx.eval_shape`)."""
+  from rf_jax.model import CausalWanDiT
+  return nnx.eval_shape(lambda: CausalWanDiT(config, dtype=dtype, rngs=nnx.Rngs(0)))
+
+
+def param_shapes(config: ModelConfig) -> dict[Path, tuple[int, ...]]:
+  """Flax path -> shape of every parameter, without allocating."""
+  state = nnx.state(abstract_model(config), nnx.Param)
+  return {tuple(path): tuple(v.shape) for path, v in nnx.to_flat_state(state)}
+
+
+def count_params(config: ModelConfig) -> int:
+  return int(sum(np.prod(s, dtype=np.int64) for s in param_shapes(config).values()))
+
+
+def nest(flat: Mapping[Path, Any]) -> dict:
+  tree: dict = {}
+  for path, value in flat.items():
+    node = tree
+    for p in path[:-1]:
+      node = node.setdefault(p, {})
+    node[path[-1]] = value
+  return tree
+
+
+@contextlib.contextmanager
+def atomic_directory(dest: str | os.PathLike, *, force: bool = False) -> Iterator[str]:
+  """Yields a fresh temporary folder beside `dest`; on success it replaces `dest` (only with `force`)."""
+  dest = os.path.abspath(os.fspath(dest))
+  if os.path.exists(dest) and not force:
+    raise FileExistsError(f"{dest} already exists; pass --force to replace it")
+  parent = os.path.dirname(dest)
+  os.makedirs(parent, exist_ok=True)
+  tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(dest)}.partial-", dir=parent)
+  try:
+    yield tmp
+    if os.path.exists(dest):
+      old = tempfile.mkdtemp(prefix=f".{os.path.basename(dest)}.old-", dir=parent)
+      os.rename(dest, os.path.join(old, "x"))
+      os.rename(tmp, dest)
+      shutil.rmtree(old, ignore_errors=True)
+    else:
+      os.rename(tmp, dest)
+  except BaseException:
+    shutil.rmtree(tmp, ignore_errors=True)
+    raise
+
+
+def write_json_atomic(path: str, obj: Any) -> None:
+  tmp = f"{path}.tmp-{os.getpid()}"
+  with open(tmp, "w") as f:
+    json.dump(obj, f, indent=2, sort_keys=True)
+    f.write("\n")
+  os.replace(tmp, path)
+
+
+def save_checkpoint(dest: str | os.PathLike, config: ModelConfig, params: Mapping[Path, Any] | nnx.State, *,
+                    meta: Mapping[str, Any] | None = None, force: bool = False) -> str:
+  """Writes params (flat {path: array} or an nnx.State) and the config to `dest`, atomically."""
+  import orbax.checkpoint as ocp
+  if isinstance(params, nnx.State):
+    params = {tuple(p): v for p, v in nnx.to_flat_state(params)}
+  expected = param_shapes(config)
+  if set(params) != set(expected):
+    raise ValueError(f"params do not match the config: missing {sorted(set(expected) - set(params))[:5]}, "
+                     f"extra {sorted(set(params) - set(expected))[:5]}")
+  with atomic_directory(dest, force=force) as tmp:
+    checkpointer = ocp.StandardCheckpointer()
+    checkpointer.save(os.path.join(tmp, "params"), nest(params))
+    checkpointer.wait_until_finished()
+    checkpointer.close()
+    write_json_atomic(os.path.join(tmp, "config.json"), {"format": FORMAT, "model": config.to_dict()})
+    write_json_atomic(os.path.join(tmp, "meta.json"), dict(meta or {}))
+  return os.path.abspath(os.fspath(dest))
+
+
+def load_config(path: str | os.PathLike) -> ModelConfig:
+  cfg_path = os.path.join(os.fspath(path), "config.json")
+  try:
+    with open(cfg_path) as f:
+      d = json.load(f)
+  except FileNotFoundError:
+    raise ValueError(f"{path}: not an rf_jax checkpoint (no config.json); convert weights with "
+                     "`rf-jax convert` first") from None
+  if d.get("format") != FORMAT:
+    raise ValueError(f"{cfg_path}: format {d.get('format')!r} is not {FORMAT!r}")
+  return ModelConfig.from_dict(d["model"], source=cfg_path)
+
+
+def load_meta(path: str | os.PathLike) -> dict:
+  try:
+    with open(os.path.join(os.fspath(path), "meta.json")) as f:
+      return json.load(f)
+  except FileNotFoundError:
+    return {}
+
+
+def stored_dtypes(path: str | os.PathLike) -> dict[Path, np.dtype]:
+  """Flax path -> dtype of each stored parameter, from orbax's metadata (no data read)."""
+  import orbax.checkpoint as ocp
+  checkpointer = ocp.StandardCheckpointer()
+  tree = checkpointer.metadata(os.path.join(os.fspath(path), "params")).item_metadata.tree
+  out = {}
+  for keypath, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+    out[tuple(int(k.key) if str(k.key).isdigit() else k.key for k in keypath)] = np.dtype(leaf.dtype)
+  return out
+
+
+ShardingSpec = jax.sharding.Sharding | Callable[[Path, tuple[int, ...]], jax.sharding.Sharding] | None
+
+
+def load_params(path: str | os.PathLike, *, shardings: ShardingSpec = None) -> tuple[ModelConfig, nnx.State]:
+  """Restores a checkpoint's parameters as an `nnx.State`.
+
+  shardings: None (arrays on the default device), one Sharding for every parameter, or a function
+  (path, shape) -> Sharding; orbax then reads each parameter straight into its shards.
+  """
+  import orbax.checkpoint as ocp
+  path = os.path.abspath(os.fspath(path))
+  config = load_config(path)
+  shapes = param_shapes(config)
+  dtypes = stored_dtypes(path)
+  if set(dtypes) != set(shapes):
+    raise ValueError(f"{path}: stored parameters do not match its config: missing "
+                     f"{sorted(set(shapes) - set(dtypes))[:5]}, extra {sorted(set(dtypes) - set(shapes))[:5]}")
+
+  def sharding_for(p, shape):
+    if shardings is None:
+      return jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    if isinstance(shardings, jax.sharding.Sharding):
+      return shardings
+    return shardings(p, shape)
+
+  abstract = nest({p: jax.ShapeDtypeStruct(s, dtypes[p], sharding=sharding_for(p, s)) for p, s in shapes.items()})
+  checkpointer = ocp.StandardCheckpointer()
+  restored = checkpointer.restore(os.path.join(path, "params"), abstract)
+  state = nnx.state(abstract_model(config), nnx.Param)
+  nnx.replace_by_pure_dict(state, restored)
+  return config, state
+
+
+def load_model(path: str | os.PathLike, *, dtype=jnp.float32, shardings: ShardingSpec = None):
+  """Restores a checkpoint into a `CausalWanDiT` computing in `dtype`."""
+  config, state = load_params(path, shardings=shardings)
+  model = abstract_model(config, dtype=dtype)
+  nnx.update(model, state)
+  return model

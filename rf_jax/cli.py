@@ -1,0 +1,192 @@
+"""The `rf-jax` command line: convert, inspect, check-reference, forward."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from typing import Sequence
+
+from rf_jax.config import PRESETS, ModelConfig
+
+
+def resolve_config(spec: str | None, src: str | None = None) -> ModelConfig:
+  """A preset name, a Wan `config.json`, a fixture `config.json` (constructor_args), or an rf_jax checkpoint."""
+  from rf_jax import config as cfg
+  if spec is None:
+    if src and os.path.isdir(src) and os.path.exists(os.path.join(src, "config.json")):
+      spec = os.path.join(src, "config.json")
+    else:
+      raise ValueError("--config is required (a preset: " + ", ".join(sorted(PRESETS)) + "; or a config.json)")
+  if spec in PRESETS:
+    return cfg.get_preset(spec)
+  if os.path.isdir(spec):
+    spec = os.path.join(spec, "config.json")
+  if not os.path.exists(spec):
+    raise ValueError(f"--config {spec!r} is neither a preset ({', '.join(sorted(PRESETS))}) nor a file")
+  with open(spec) as f:
+    try:
+      d = json.load(f)
+    except json.JSONDecodeError as e:
+      raise ValueError(f"{spec}: not valid JSON ({e})") from None
+  if "constructor_args" in d:
+    return cfg.from_constructor_args(d["constructor_args"])
+  if "format" in d and "model" in d:
+    return ModelConfig.from_dict(d["model"], source=spec)
+  return cfg.from_wan_config(spec)
+
+
+def cmd_convert(args) -> int:
+  from rf_jax.convert import convert_checkpoint
+  config = resolve_config(args.config, args.src)
+  t0 = time.perf_counter()
+  meta = convert_checkpoint(args.src, args.out, config=config, weights=args.weights, dtype=args.dtype,
+                            force=args.force, progress=not args.quiet)
+  print(json.dumps({"out": os.path.abspath(args.out), "seconds": round(time.perf_counter() - t0, 2), **meta}))
+  return 0
+
+
+def cmd_inspect(args) -> int:
+  import numpy as np
+  from rf_jax import checkpoint
+  if (args.ckpt is None) == (args.preset is None):
+    raise ValueError("give a checkpoint folder or --preset NAME (not both)")
+  if args.preset is not None:
+    config = resolve_config(args.preset)
+    shapes = checkpoint.param_shapes(config)  # jax.eval_shape: nothing is allocated
+    dtypes = {p: np.dtype(np.float32) for p in shapes}
+    meta = {"source": f"preset {args.preset} (shapes only, float32)"}
+  else:
+    config = checkpoint.load_config(args.ckpt)
+    shapes = checkpoint.param_shapes(config)
+    dtypes = checkpoint.stored_dtypes(args.ckpt)
+    meta = checkpoint.load_meta(args.ckpt)
+  by_dtype: dict[str, list[int]] = {}
+  for p, s in shapes.items():
+    entry = by_dtype.setdefault(str(dtypes[p]), [0, 0])
+    entry[0] += 1
+    entry[1] += int(np.prod(s, dtype=np.int64))
+  total = sum(v[1] for v in by_dtype.values())
+  nbytes = sum(int(np.prod(shapes[p], dtype=np.int64)) * dtypes[p].itemsize for p in shapes)
+  print(json.dumps(config.to_dict(), indent=2))
+  print(f"parameters: {total:,} in {len(shapes)} arrays ({nbytes / 2**30:.3f} GiB)")
+  for dt, (n, count) in sorted(by_dtype.items()):
+    print(f"  {dt}: {count:,} parameters in {n} arrays")
+  for k, v in meta.items():
+    print(f"{k}: {v}")
+  return 0
+
+
+def cmd_check_reference(args) -> int:
+  from rf_jax.reference_check import check_reference
+  results, notes = check_reference(args.dir, tolerance=args.tolerance)
+  for note in notes:
+    print(f"note: {note}", file=sys.stderr)
+  max_err = max(r.rel_err for r in results)
+  passed = all(r.passed for r in results)
+  print(json.dumps({"max_rel_err": max_err, "passed": passed}))
+  return 0 if passed else 1
+
+
+def cmd_forward(args) -> int:
+  """A block-causal forward of a model on seeded random latents and text: a smoke run of the whole DiT."""
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+  from flax import nnx
+  from rf_jax import checkpoint
+  from rf_jax.checkpoint import atomic_directory, write_json_atomic
+  from rf_jax.model import CausalWanDiT
+  dtype = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[args.compute_dtype]
+  if args.checkpoint:
+    model = checkpoint.load_model(args.checkpoint, dtype=dtype)
+  else:
+    model = CausalWanDiT(resolve_config(args.preset), dtype=dtype, rngs=nnx.Rngs(args.seed))
+  cfg = model.config
+  kx, kc = jax.random.split(jax.random.key(args.seed))
+  h, w = args.latent_hw
+  x = jax.random.normal(kx, (args.batch, args.frames, h, w, cfg.in_dim))
+  context = jax.random.normal(kc, (args.batch, cfg.text_len, cfg.text_dim))
+  t = jnp.full((args.batch, args.frames), args.timestep, jnp.float32)
+  graphdef, state = nnx.split(model)
+
+  @jax.jit
+  def run(state, x, t, context):
+    return nnx.merge(graphdef, state).forward_train(x, t, context, chunk_frames=args.chunk_frames)
+
+  t0 = time.perf_counter()
+  flow = jax.block_until_ready(run(state, x, t, context))
+  first = time.perf_counter() - t0
+  t0 = time.perf_counter()
+  flow = jax.block_until_ready(run(state, x, t, context))
+  steady = time.perf_counter() - t0
+  with atomic_directory(args.out, force=args.force) as tmp:
+    np.save(os.path.join(tmp, "flow.npy"), np.asarray(flow))
+    write_json_atomic(os.path.join(tmp, "summary.json"), {
+        "model": cfg.to_dict(), "frames": args.frames, "batch": args.batch, "latent_hw": [h, w],
+        "compute_dtype": args.compute_dtype, "seed": args.seed, "first_call_seconds": round(first, 3),
+        "steady_seconds": round(steady, 4), "flow_rms": float(jnp.sqrt(jnp.mean(flow**2))),
+        "device": str(jax.devices()[0]), "jax": jax.__version__})
+  print(f"wrote {os.path.abspath(args.out)}: flow {tuple(flow.shape)}, first call {first:.2f}s "
+        f"(compile + run), then {steady * 1e3:.1f} ms")
+  return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+  parser = argparse.ArgumentParser(prog="rf-jax", description=__doc__)
+  sub = parser.add_subparsers(dest="command", required=True)
+
+  p = sub.add_parser("convert", help="convert PyTorch DiT weights into an rf_jax (orbax) checkpoint")
+  p.add_argument("src", help=".safetensors, *.safetensors.index.json, a Wan model folder, or a .pt/.pth file")
+  p.add_argument("out", help="checkpoint folder to write")
+  p.add_argument("--config", help=f"a preset ({', '.join(sorted(PRESETS))}) or a config.json; default: the "
+                 "config.json inside a Wan model folder")
+  p.add_argument("--weights", choices=["generator_ema", "generator", "model", "state_dict"],
+                 help="entry of a .pt checkpoint to read (default: generator_ema when present)")
+  p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"],
+                 help="store kernels in this dtype (biases, norms and modulation stay float32); default: as stored")
+  p.add_argument("--force", action="store_true", help="replace an existing OUT")
+  p.add_argument("--quiet", action="store_true", help="no progress bar")
+  p.set_defaults(func=cmd_convert)
+
+  p = sub.add_parser("inspect", help="print a checkpoint's (or a preset's) config, parameter count and dtypes")
+  p.add_argument("ckpt", nargs="?", help="rf_jax checkpoint folder")
+  p.add_argument("--preset", help="count a preset's parameters through jax.eval_shape instead")
+  p.set_defaults(func=cmd_inspect)
+
+  p = sub.add_parser("check-reference", help="compare the port with a folder of PyTorch reference outputs")
+  p.add_argument("dir")
+  p.add_argument("--tolerance", type=float, default=1e-4, help="relative-error threshold (default 1e-4)")
+  p.set_defaults(func=cmd_check_reference)
+
+  p = sub.add_parser("forward", help="block-causal forward of a model on seeded random inputs (smoke run)")
+  src = p.add_mutually_exclusive_group()
+  src.add_argument("--checkpoint", help="rf_jax checkpoint folder")
+  src.add_argument("--preset", default="tiny", help="random weights of a preset (default tiny)")
+  p.add_argument("--frames", type=int, default=6)
+  p.add_argument("--batch", type=int, default=1)
+  p.add_argument("--latent-hw", type=int, nargs=2, default=(8, 8), metavar=("H", "W"))
+  p.add_argument("--chunk-frames", type=int, default=3)
+  p.add_argument("--timestep", type=float, default=1000.0)
+  p.add_argument("--compute-dtype", choices=["float32", "bfloat16"], default="float32")
+  p.add_argument("--seed", type=int, default=0)
+  p.add_argument("--out", default="out/forward")
+  p.add_argument("--force", action="store_true", help="replace an existing --out")
+  p.set_defaults(func=cmd_forward)
+  return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  parser = build_parser()
+  args = parser.parse_args(argv)
+  try:
+    return args.func(args)
+  except (ValueError, FileExistsError, FileNotFoundError) as e:
+    print(f"rf-jax {args.command}: error: {e}", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+  sys.exit(main())

@@ -1,0 +1,109 @@
+"""Self- and cross-attention of the Wan block: projections, q/k RMSNorm, RoPE, then `ops.attention`.
+
+Self-attention owns no cache. It is handed the memory's keys and values (pre-RoPE, a fixed number of frame slots,
+with the RoPE angles of the positions the memory policy assigned and a validity mask) and returns the chunk's own
+pre-RoPE keys and values, for the rollout to remember or drop.
+
+Letters: B batch, F frames of the chunk, M memory slots (frames), Q tokens per frame, T = F*Q, S keys, N heads,
+H head dim, D width, P text tokens.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from rf_jax.model.layers import RMSNorm
+from rf_jax.model.rope import apply_rope
+from rf_jax.ops import AttnImpl, attention
+
+Array = jax.Array
+
+
+class FrameKV(NamedTuple):
+  """Pre-RoPE keys and raw values of whole frames: k, v [B, F, Q, N, H] (per layer), or [L, B, F, Q, N, H]."""
+  k: Array
+  v: Array
+
+
+class MemoryKV(NamedTuple):
+  """One layer's view of the memory: pre-RoPE keys/values of M frame slots and the RoPE angles to use for them."""
+  k: Array  # [B, M, Q, N, H]
+  v: Array  # [B, M, Q, N, H]
+  cos: Array  # [B, M, Q, H/2] float32
+  sin: Array  # [B, M, Q, H/2] float32
+
+
+def _linear(din: int, dout: int, *, dtype, param_dtype, rngs: nnx.Rngs) -> nnx.Linear:
+  return nnx.Linear(din, dout, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+
+
+class SelfAttention(nnx.Module):
+
+  def __init__(self, dim: int, num_heads: int, *, eps: float, qk_norm: bool, attn_impl: AttnImpl,
+               dtype=jnp.float32, param_dtype=jnp.float32, rngs: nnx.Rngs):
+    self.num_heads = num_heads
+    self.attn_impl = attn_impl
+    kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+    self.q, self.k, self.v, self.o = (_linear(dim, dim, **kw) for _ in range(4))
+    self.norm_q = RMSNorm(dim, eps=eps, param_dtype=param_dtype) if qk_norm else None
+    self.norm_k = RMSNorm(dim, eps=eps, param_dtype=param_dtype) if qk_norm else None
+
+  def __call__(self, x: Array, cos: Array, sin: Array, mask: Array | None,
+               memory: MemoryKV | None = None) -> tuple[Array, FrameKV]:
+    """x: [B, F, Q, D]; cos/sin: [F, Q, H/2] at the chunk's positions; mask: bool [B, 1, T, S] or None.
+
+    Keys are ordered [memory slots..., chunk frames...]. Returns the output [B, F, Q, D] and the chunk's own
+    pre-RoPE keys and values.
+    """
+    b, f, q_len, d = x.shape
+    n = self.num_heads
+    heads = lambda y: y.reshape(b, f, q_len, n, d // n)  # noqa: E731  [B, F, Q, N, H]
+    q, k, v = self.q(x), self.k(x), self.v(x)
+    if self.norm_q is not None:
+      q, k = self.norm_q(q), self.norm_k(k)
+    q, k, v = heads(q), heads(k), heads(v)
+    chunk_kv = FrameKV(k, v)
+    q_rot, k_rot = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+    if memory is not None:
+      k_mem = apply_rope(memory.k.astype(k.dtype), memory.cos, memory.sin)
+      k_rot = jnp.concatenate([k_mem, k_rot], axis=1)  # [B, M + F, Q, N, H]
+      v = jnp.concatenate([memory.v.astype(v.dtype), v], axis=1)
+    flat = lambda y: y.reshape(b, -1, n, d // n)  # noqa: E731  [B, T or S, N, H]
+    out = attention(flat(q_rot), flat(k_rot), flat(v), mask, impl=self.attn_impl)  # [B, T, N, H]
+    return self.o(out.reshape(b, f, q_len, d)), chunk_kv
+
+
+class CrossAttention(nnx.Module):
+  """Text cross-attention (`WanT2VCrossAttention`): no RoPE, no mask; padded text rows are attended too."""
+
+  def __init__(self, dim: int, num_heads: int, *, eps: float, qk_norm: bool, attn_impl: AttnImpl,
+               dtype=jnp.float32, param_dtype=jnp.float32, rngs: nnx.Rngs):
+    self.num_heads = num_heads
+    self.attn_impl = attn_impl
+    kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+    self.q, self.k, self.v, self.o = (_linear(dim, dim, **kw) for _ in range(4))
+    self.norm_q = RMSNorm(dim, eps=eps, param_dtype=param_dtype) if qk_norm else None
+    self.norm_k = RMSNorm(dim, eps=eps, param_dtype=param_dtype) if qk_norm else None
+
+  def text_kv(self, context: Array) -> tuple[Array, Array]:
+    """context: [B, P, D] (embedded text) -> keys, values [B, P, N, H]; computed once per prompt."""
+    b, p, d = context.shape
+    k, v = self.k(context), self.v(context)
+    if self.norm_k is not None:
+      k = self.norm_k(k)
+    shape = (b, p, self.num_heads, d // self.num_heads)
+    return k.reshape(shape), v.reshape(shape)
+
+  def __call__(self, x: Array, text_k: Array, text_v: Array) -> Array:
+    """x: [B, F, Q, D]; text_k/v: [B, P, N, H] -> [B, F, Q, D]."""
+    b, f, q_len, d = x.shape
+    q = self.q(x)
+    if self.norm_q is not None:
+      q = self.norm_q(q)
+    q = q.reshape(b, f * q_len, self.num_heads, d // self.num_heads)  # [B, T, N, H]
+    out = attention(q, text_k.astype(q.dtype), text_v.astype(q.dtype), None, impl=self.attn_impl)
+    return self.o(out.reshape(b, f, q_len, d))

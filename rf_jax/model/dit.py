@@ -1,0 +1,228 @@
+"""The causal Wan2.1 text-to-video DiT (Self-Forcing's `CausalWanModel`) in Flax NNX.
+
+References: Wan-Video/Wan2.1 @9737cba (`wan/modules/model.py`); guandeh17/Self-Forcing @33593df
+(`wan/modules/causal_model.py`). Spec: shared/spec/causal_wan.md.
+
+    patch embed -> 30 x WanBlock (per-frame adaLN, self-attn with 3-D RoPE, text cross-attn, FFN) -> head -> unpatchify
+
+The model knows nothing of memory policy. A call takes the chunk's latents, per-frame timesteps, the text keys and
+values, the frame positions of the chunk, optionally a fixed-shape `MemoryView` (pre-RoPE keys/values of M frame
+slots per layer, their frame positions and validity) and a token mask within the chunk; it returns the flow
+prediction and the chunk's own pre-RoPE keys and values for every layer.
+
+Letters: B batch, F latent frames of the call, (Hl, Wl) latent height/width, C latent channels, (Hp, Wp) patch
+grid, Q = Hp*Wp tokens per frame, T = F*Q query tokens, M memory slots, S keys, N heads, H head dim, D width,
+L layers, P text tokens.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from rf_jax.config import ModelConfig
+from rf_jax.model.attention import FrameKV, MemoryKV
+from rf_jax.model.block import WanBlock
+from rf_jax.model.layers import gelu_tanh, layer_norm, modulate, sinusoidal_embedding
+from rf_jax.model.masks import block_causal_mask
+from rf_jax.model.rope import rope_cos_sin
+from rf_jax.ops import AttnImpl
+
+Array = jax.Array
+
+
+class TextKV(NamedTuple):
+  """Cross-attention keys and values of the prompt, per layer: [L, B, P, N, H]. Computed once per prompt."""
+  k: Array
+  v: Array
+
+
+class MemoryView(NamedTuple):
+  """What the memory shows the model for one call: M frame slots per layer, keys before RoPE."""
+  k: Array  # [L, B, M, Q, N, H]
+  v: Array  # [L, B, M, Q, N, H]
+  pos: Array  # int32 [B, M]: the frame position each slot's keys are rotated to
+  valid: Array  # bool [B, M]: False slots are masked out of attention
+
+
+class PatchEmbed(nnx.Module):
+  """Conv3d with kernel = stride = patch, as one matmul; kernel [pt, ph, pw, C, D] (PyTorch's, transposed)."""
+
+  def __init__(self, patch: tuple[int, int, int], in_dim: int, dim: int, *, param_dtype, rngs: nnx.Rngs):
+    self.patch = patch
+    fan_in = in_dim * patch[0] * patch[1] * patch[2]
+    self.kernel = nnx.Param(jax.random.normal(rngs.params(), (*patch, in_dim, dim), param_dtype) / fan_in**0.5)
+    self.bias = nnx.Param(jnp.zeros((dim,), param_dtype))
+
+  def __call__(self, x: Array, dtype) -> Array:
+    """x: [B, F, Hl, Wl, C] -> [B, F/pt, Hp, Wp, D]."""
+    b, f, h, w, c = x.shape
+    pt, ph, pw = self.patch
+    x = x.reshape(b, f // pt, pt, h // ph, ph, w // pw, pw, c).transpose(0, 1, 3, 5, 2, 4, 6, 7)
+    y = jnp.einsum("bfhwijkc,ijkcd->bfhwd", x.astype(dtype), self.kernel[...].astype(dtype))
+    return y + self.bias[...].astype(dtype)
+
+
+class Head(nnx.Module):
+  """Output head with its own (shift, scale) modulation from the pre-projection time embedding."""
+
+  def __init__(self, dim: int, out_features: int, *, eps: float, dtype, param_dtype, rngs: nnx.Rngs):
+    self.eps = eps
+    self.dtype = dtype
+    self.modulation = nnx.Param(jax.random.normal(rngs.params(), (1, 2, dim), param_dtype) / dim**0.5)
+    self.head = nnx.Linear(dim, out_features, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+
+  def __call__(self, x: Array, e: Array) -> Array:
+    """x: [B, F, Q, D] float32; e: [B, F, D] float32 -> [B, F, Q, pt*ph*pw*C]."""
+    m = self.modulation[...].astype(jnp.float32)[None] + e[:, :, None, :]  # [B, F, 2, D]
+    shift, scale = m[:, :, 0, None, :], m[:, :, 1, None, :]
+    return self.head(modulate(layer_norm(x, self.eps), shift, scale).astype(self.dtype))
+
+
+class CausalWanDiT(nnx.Module):
+  """Causal Wan2.1 DiT. Parameters mirror PyTorch's names; the blocks are stacked on a leading layer axis."""
+
+  def __init__(self, config: ModelConfig, *, dtype=jnp.float32, param_dtype=jnp.float32,
+               attn_impl: AttnImpl = AttnImpl.REFERENCE, rngs: nnx.Rngs):
+    if config.patch_size[0] != 1:
+      raise ValueError(f"patch_size={config.patch_size}: only a temporal patch of 1 is supported (per-frame "
+                       "timesteps and frame slots assume one token frame per latent frame)")
+    self.config = config
+    self.dtype = dtype
+    d = config.dim
+    lin = lambda i, o, dt=dtype: nnx.Linear(i, o, dtype=dt, param_dtype=param_dtype, rngs=rngs)  # noqa: E731
+    self.patch_embedding = PatchEmbed(config.patch_size, config.in_dim, d, param_dtype=param_dtype, rngs=rngs)
+    self.text_embedding = nnx.Sequential(lin(config.text_dim, d), gelu_tanh, lin(d, d))
+    # The time path always runs in float32 (upstream Wan's autocast island).
+    self.time_embedding = nnx.Sequential(lin(config.freq_dim, d, jnp.float32), nnx.silu, lin(d, d, jnp.float32))
+    self.time_projection = nnx.Sequential(nnx.silu, lin(d, 6 * d, jnp.float32))
+
+    @nnx.vmap(in_axes=0, out_axes=0)
+    def make_blocks(r: nnx.Rngs) -> WanBlock:
+      return WanBlock(config, attn_impl=attn_impl, dtype=dtype, param_dtype=param_dtype, rngs=r)
+
+    self.blocks = make_blocks(rngs.split(config.num_layers))
+    self.head = Head(d, config.out_dim * config.patch_volume, eps=config.eps, dtype=dtype,
+                     param_dtype=param_dtype, rngs=rngs)
+
+  # ---------------------------------------------------------------------------------------------------- text
+
+  def embed_text(self, context: Array) -> Array:
+    """context: [B, Pc, text_dim] with Pc <= text_len -> [B, P, D]; zero-padded to text_len rows first."""
+    b, p, width = context.shape
+    cfg = self.config
+    if width != cfg.text_dim or p > cfg.text_len:
+      raise ValueError(f"context has shape {context.shape}; expected [B, <= text_len={cfg.text_len}, "
+                       f"text_dim={cfg.text_dim}]")
+    context = jnp.pad(context, ((0, 0), (0, cfg.text_len - p), (0, 0)))
+    y = self.text_embedding(context.astype(self.dtype))
+    self.sow(nnx.Intermediate, "act_text_embedding", y, capture_noop=True)
+    return y
+
+  def text_kv(self, context: Array) -> TextKV:
+    """Per-layer cross-attention keys/values of the prompt: [B, Pc, text_dim] -> TextKV([L, B, P, N, H])."""
+    y = self.embed_text(context)
+    graphdef, state = nnx.split(self.blocks)
+
+    def layer(_, block_state):
+      block = nnx.merge(graphdef, block_state)
+      return None, block.cross_attn.text_kv(y)
+
+    _, (k, v) = jax.lax.scan(layer, None, state)
+    return TextKV(k, v)
+
+  # ---------------------------------------------------------------------------------------------------- forward
+
+  def __call__(self, x: Array, t: Array, text: TextKV, *, frame_pos: Array, self_mask: Array | np.ndarray | None,
+               memory: MemoryView | None = None) -> tuple[Array, FrameKV]:
+    """One call of the DiT on a chunk.
+
+    Args:
+      x: latents [B, F, Hl, Wl, C] (channels last).
+      t: per-frame timesteps [B, F].
+      text: prompt keys/values from `text_kv`.
+      frame_pos: int [F], the RoPE frame position of each frame of the chunk.
+      self_mask: bool [T, T] among the chunk's own tokens (block-causal in training), or None for full
+        (bidirectional) attention inside the chunk.
+      memory: the memory slots to attend to besides the chunk, or None.
+
+    Returns:
+      flow prediction [B, F, Hl, Wl, C] in float32, and the chunk's pre-RoPE keys/values [L, B, F, Q, N, H].
+    """
+    cfg = self.config
+    b, f, hl, wl, c = x.shape
+    _, ph, pw = cfg.patch_size
+    if c != cfg.in_dim or hl % ph or wl % pw:
+      raise ValueError(f"x has shape {x.shape}; expected [B, F, H, W, C={cfg.in_dim}] with H % {ph} == 0 and "
+                       f"W % {pw} == 0")
+    if t.shape != (b, f):
+      raise ValueError(f"t has shape {t.shape}; expected one timestep per frame, [B, F] = {(b, f)}")
+    hp, wp = hl // ph, wl // pw
+    q_len = hp * wp
+
+    tokens = self.patch_embedding(x, self.dtype)  # [B, F, Hp, Wp, D]
+    capturing = self.sow(nnx.Intermediate, "act_patch_embedding", tokens, capture_noop=True)
+    tokens = tokens.reshape(b, f, q_len, cfg.dim).astype(jnp.float32)  # [B, F, Q, D]
+
+    e = self.time_embedding(sinusoidal_embedding(t.reshape(-1), cfg.freq_dim))  # [B*F, D]
+    e0 = self.time_projection(e)  # [B*F, 6D]
+    self.sow(nnx.Intermediate, "act_time_embedding", e, capture_noop=True)
+    self.sow(nnx.Intermediate, "act_time_projection", e0, capture_noop=True)
+    e, e0 = e.reshape(b, f, cfg.dim), e0.reshape(b, f, 6, cfg.dim)
+
+    cos, sin = rope_cos_sin(frame_pos, (hp, wp), cfg.head_dim)  # [F, Q, H/2]
+    mask = _attention_mask(b, f * q_len, q_len, self_mask, memory)
+    if memory is not None:
+      mem_cos, mem_sin = rope_cos_sin(memory.pos, (hp, wp), cfg.head_dim)  # [B, M, Q, H/2]
+      mem_k, mem_v = memory.k, memory.v
+    else:
+      mem_k = mem_v = mem_cos = mem_sin = None
+
+    graphdef, state = nnx.split(self.blocks)
+
+    def layer(h, xs):
+      block_state, text_k, text_v, k, v = xs
+      block = nnx.merge(graphdef, block_state)
+      mem = MemoryKV(k, v, mem_cos, mem_sin) if k is not None else None
+      h, chunk_kv = block(h, e0, text_k, text_v, cos, sin, mask, mem)
+      return h, (chunk_kv, h if capturing else None)
+
+    h, (chunk_kv, per_layer) = jax.lax.scan(layer, tokens, (state, text.k, text.v, mem_k, mem_v))
+    if capturing:
+      for i in range(cfg.num_layers):
+        self.sow(nnx.Intermediate, f"act_block{i}", per_layer[i].reshape(b, f * q_len, cfg.dim))
+
+    out = self.head(h, e)  # [B, F, Q, ph*pw*C]
+    self.sow(nnx.Intermediate, "act_head", out, capture_noop=True)
+    out = out.astype(jnp.float32).reshape(b, f, hp, wp, ph, pw, cfg.out_dim)
+    flow = out.transpose(0, 1, 2, 4, 3, 5, 6).reshape(b, f, hl, wl, cfg.out_dim)  # [B, F, Hl, Wl, C]
+    return flow, chunk_kv
+
+  def forward_train(self, x: Array, t: Array, context: Array, *, chunk_frames: int = 3,
+                    local_window_frames: int = -1) -> Array:
+    """The training-style forward (no memory): block-causal attention over all F frames at positions 0..F-1.
+
+    x: [B, F, Hl, Wl, C]; t: [B, F]; context: [B, Pc, text_dim] -> flow [B, F, Hl, Wl, C].
+    """
+    _, f, hl, wl, _ = x.shape
+    _, ph, pw = self.config.patch_size
+    mask = block_causal_mask(f, (hl // ph) * (wl // pw), chunk_frames, local_window_frames)
+    flow, _ = self(x, t, self.text_kv(context), frame_pos=jnp.arange(f, dtype=jnp.int32), self_mask=mask)
+    return flow
+
+
+def _attention_mask(batch: int, num_tokens: int, frame_tokens: int, self_mask, memory: MemoryView | None):
+  """bool [B, 1, T, S] over keys [memory slots..., chunk tokens...], or None when nothing is masked."""
+  if memory is None and self_mask is None:
+    return None
+  chunk = (jnp.ones((num_tokens, num_tokens), bool) if self_mask is None else jnp.asarray(self_mask, bool))
+  chunk = jnp.broadcast_to(chunk, (batch, 1, num_tokens, num_tokens))
+  if memory is None:
+    return chunk
+  slots = jnp.repeat(memory.valid.astype(bool), frame_tokens, axis=1)  # [B, M*Q]
+  slots = jnp.broadcast_to(slots[:, None, None, :], (batch, 1, num_tokens, slots.shape[1]))
+  return jnp.concatenate([slots, chunk], axis=-1)

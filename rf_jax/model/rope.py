@@ -1,0 +1,92 @@
+"""3-D rotary position embedding of Wan2.1 (frame, height, width), as Self-Forcing's `causal_rope_apply`.
+
+The head dim's c = H/2 complex pairs are split [c - 2*(c//3), c//3, c//3] between frame, height and width; pair j
+of an axis whose table has width dim_k turns by p * 10000^(-2j/dim_k) (each axis uses its own dim_k). Pairs are
+interleaved: elements (2j, 2j+1) form one complex number.
+
+The reference multiplies in complex128 with a 1024-row table and cannot go past latent frame 1023. Here the tables
+are built in float64 on the host and applied in float32. Frame positions are looked up in two levels,
+p = 1024*hi + lo, joined by the angle-addition formula, so any position in [0, MAX_POSITION) is exact to float32
+rounding and positions below 1024 read the table directly. Height and width positions are static.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+Array = jax.Array
+
+TABLE_SIZE = 1024  # rows of the reference table, and of our low-level table
+MAX_POSITION = TABLE_SIZE * 64  # exclusive bound on frame positions
+
+
+def rope_pairs(head_dim: int) -> tuple[int, int, int]:
+  c = head_dim // 2
+  return (c - 2 * (c // 3), c // 3, c // 3)
+
+
+def _axis_inv_freq(pairs: int) -> np.ndarray:
+  dim_k = 2 * pairs
+  return np.power(10000.0, -np.arange(0, dim_k, 2, dtype=np.float64)[:pairs] / dim_k)
+
+
+def rope_angles_table(head_dim: int, positions: int = TABLE_SIZE) -> np.ndarray:
+  """The reference's concatenated angle table, float64 [positions, head_dim/2] (its `freqs` = exp(i * angles))."""
+  p = np.arange(positions, dtype=np.float64)[:, None]
+  return np.concatenate([p * _axis_inv_freq(n) for n in rope_pairs(head_dim)], axis=1)
+
+
+@functools.lru_cache(maxsize=32)
+def _frame_tables(head_dim: int) -> tuple[np.ndarray, ...]:
+  inv = _axis_inv_freq(rope_pairs(head_dim)[0])
+  lo = np.outer(np.arange(TABLE_SIZE, dtype=np.float64), inv)
+  hi = np.outer(np.arange(MAX_POSITION // TABLE_SIZE, dtype=np.float64) * TABLE_SIZE, inv)
+  f32 = lambda a: a.astype(np.float32)  # noqa: E731
+  return f32(np.cos(lo)), f32(np.sin(lo)), f32(np.cos(hi)), f32(np.sin(hi))
+
+
+@functools.lru_cache(maxsize=32)
+def _spatial_table(head_dim: int, grid_h: int, grid_w: int) -> tuple[np.ndarray, np.ndarray]:
+  _, ph, pw = rope_pairs(head_dim)
+  hh, ww = np.meshgrid(np.arange(grid_h, dtype=np.float64), np.arange(grid_w, dtype=np.float64), indexing="ij")
+  ang = np.concatenate([hh.reshape(-1, 1) * _axis_inv_freq(ph), ww.reshape(-1, 1) * _axis_inv_freq(pw)], axis=1)
+  return np.cos(ang).astype(np.float32), np.sin(ang).astype(np.float32)  # [Q, ph + pw]
+
+
+def frame_cos_sin(frame_pos: Array, head_dim: int) -> tuple[Array, Array]:
+  """cos/sin of the frame-axis angles; frame_pos: int [...] -> float32 [..., c_t]."""
+  cos_lo, sin_lo, cos_hi, sin_hi = _frame_tables(head_dim)
+  p = jnp.clip(frame_pos.astype(jnp.int32), 0, MAX_POSITION - 1)
+  lo, hi = p % TABLE_SIZE, p // TABLE_SIZE
+  cl, sl = jnp.asarray(cos_lo)[lo], jnp.asarray(sin_lo)[lo]
+  ch, sh = jnp.asarray(cos_hi)[hi], jnp.asarray(sin_hi)[hi]
+  return ch * cl - sh * sl, sh * cl + ch * sl
+
+
+def rope_cos_sin(frame_pos: Array, grid_hw: tuple[int, int], head_dim: int) -> tuple[Array, Array]:
+  """cos/sin for every token of frames at `frame_pos`: int [...] -> float32 [..., Q, c] with Q = Hp*Wp."""
+  ct, st = frame_cos_sin(frame_pos, head_dim)  # [..., c_t]
+  cs, ss = _spatial_table(head_dim, *grid_hw)  # [Q, c_h + c_w]
+  q = cs.shape[0]
+  lead = ct.shape[:-1]
+  ct = jnp.broadcast_to(ct[..., None, :], (*lead, q, ct.shape[-1]))
+  st = jnp.broadcast_to(st[..., None, :], (*lead, q, st.shape[-1]))
+  cs = jnp.broadcast_to(jnp.asarray(cs), (*lead, *cs.shape))
+  ss = jnp.broadcast_to(jnp.asarray(ss), (*lead, *ss.shape))
+  return jnp.concatenate([ct, cs], axis=-1), jnp.concatenate([st, ss], axis=-1)
+
+
+def apply_rope(x: Array, cos: Array, sin: Array) -> Array:
+  """Rotates interleaved pairs: x [..., Q, N, H], cos/sin [..., Q, H/2] (broadcast over heads N) -> like x.
+
+  Computed in float32 and cast back to x's dtype.
+  """
+  xf = x.astype(jnp.float32).reshape(*x.shape[:-1], x.shape[-1] // 2, 2)
+  a, b = xf[..., 0], xf[..., 1]  # [..., Q, N, c]
+  cos, sin = cos[..., None, :], sin[..., None, :]  # [..., Q, 1, c]
+  out = jnp.stack([a * cos - b * sin, a * sin + b * cos], axis=-1)
+  return out.reshape(x.shape).astype(x.dtype)

@@ -1,0 +1,180 @@
+"""`rf-jax check-reference DIR`: hold the port to outputs of the real PyTorch code.
+
+A reference folder holds `config.json` (`constructor_args`, geometry, `scheduler`, ...), `model.safetensors`
+(PyTorch state-dict keys) and any of:
+  rope.npz           `causal_rope_apply` at start frames 0 and 7, and the float64 `freqs` table
+  forward_train.npz  one block-causal training-style forward with its intermediate activations
+Each compared array gets one line: name, relative error ||out - ref|| / ||ref||, and PASS/FAIL at the tolerance.
+Boolean arrays are compared by the fraction of entries that differ.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Callable, Iterator
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from rf_jax.config import ModelConfig, from_constructor_args, memory_args_from_constructor_args
+
+DEFAULT_TOLERANCE = 1e-4
+
+
+@dataclasses.dataclass(frozen=True)
+class Comparison:
+  name: str
+  rel_err: float
+  tolerance: float
+
+  @property
+  def passed(self) -> bool:
+    return bool(np.isfinite(self.rel_err) and self.rel_err <= self.tolerance)
+
+  def line(self) -> str:
+    return f"{self.name:<36s} rel_err={self.rel_err:.3e}  {'PASS' if self.passed else 'FAIL'}"
+
+
+def relative_error(out: np.ndarray, ref: np.ndarray) -> float:
+  out, ref = np.asarray(out), np.asarray(ref)
+  if out.shape != ref.shape:
+    return float("inf")
+  if ref.dtype == bool:
+    return float(np.mean(out != ref)) if ref.size else 0.0
+  out, ref = out.astype(np.float64), ref.astype(np.float64)
+  denom = np.linalg.norm(ref)
+  diff = np.linalg.norm(out - ref)
+  return float(diff / denom) if denom > 0 else float(diff)
+
+
+@dataclasses.dataclass(frozen=True)
+class ReferenceFolder:
+  path: str
+  config: dict
+  model_config: ModelConfig
+
+  @classmethod
+  def open(cls, path: str | os.PathLike) -> "ReferenceFolder":
+    path = os.fspath(path)
+    cfg_path = os.path.join(path, "config.json")
+    if not os.path.isdir(path):
+      raise ValueError(f"{path}: not a folder")
+    try:
+      with open(cfg_path) as f:
+        config = json.load(f)
+    except FileNotFoundError:
+      raise ValueError(f"{path}: no config.json; a reference folder holds config.json and model.safetensors") from None
+    if "constructor_args" not in config:
+      raise ValueError(f"{cfg_path}: missing 'constructor_args'")
+    return cls(path, config, from_constructor_args(config["constructor_args"]))
+
+  def npz(self, name: str) -> dict[str, np.ndarray] | None:
+    p = os.path.join(self.path, name)
+    if not os.path.exists(p):
+      return None
+    with np.load(p) as z:
+      return {k: z[k] for k in z.files}
+
+  @property
+  def chunk_frames(self) -> int:
+    return int(self.config.get("num_frame_per_block", self.config.get("pipeline_args", {})
+                               .get("num_frame_per_block", 3)))
+
+  def load_model(self, dtype=jnp.float32):
+    from rf_jax.checkpoint import abstract_model, nest
+    from rf_jax.convert import convert_tensors, open_source
+    weights = os.path.join(self.path, "model.safetensors")
+    if not os.path.exists(weights):
+      raise ValueError(f"{self.path}: no model.safetensors")
+    tensors, _ = open_source(weights)
+    params = convert_tensors(tensors, self.model_config)
+    model = abstract_model(self.model_config, dtype=dtype)
+    state = nnx.state(model, nnx.Param)
+    nnx.replace_by_pure_dict(state, nest({p: jnp.asarray(v) for p, v in params.items()}))
+    nnx.update(model, state)
+    return model
+
+
+def _to_channels_last(x: np.ndarray) -> jax.Array:
+  return jnp.asarray(x).transpose(0, 2, 3, 4, 1)  # [B, C, F, H, W] -> [B, F, H, W, C]
+
+
+def check_rope(ref: ReferenceFolder, z: dict, tol: float) -> Iterator[Comparison]:
+  from rf_jax.model.rope import apply_rope, rope_angles_table, rope_cos_sin
+  hd = ref.model_config.head_dim
+  if "freqs_real" in z:
+    angles = rope_angles_table(hd, z["freqs_real"].shape[0])
+    yield Comparison("rope/freqs_real", relative_error(np.cos(angles), z["freqs_real"]), tol)
+    yield Comparison("rope/freqs_imag", relative_error(np.sin(angles), z["freqs_imag"]), tol)
+  x = z["x"]  # [B, L, N, H] with grid (F, Hp, Wp)
+  f, hp, wp = (int(g) for g in np.asarray(z["grid_sizes"]).reshape(-1, 3)[0])
+  xf = jnp.asarray(x).reshape(x.shape[0], f, hp * wp, x.shape[2], x.shape[3])
+  for key in sorted(k for k in z if k.startswith("out_start")):
+    start = int(key[len("out_start"):])
+    cos, sin = rope_cos_sin(jnp.arange(start, start + f), (hp, wp), hd)
+    out = np.asarray(apply_rope(xf, cos, sin)).reshape(x.shape)
+    yield Comparison(f"rope/{key}", relative_error(out, z[key]), tol)
+
+
+def check_forward(ref: ReferenceFolder, z: dict, model, tol: float) -> Iterator[Comparison]:
+  from rf_jax.model import block_causal_mask
+  from rf_jax.sampling import FlowSchedule
+  cfg = ref.model_config
+  local_attn, _ = memory_args_from_constructor_args(ref.config["constructor_args"])
+  x = _to_channels_last(z["x"])
+  t = jnp.asarray(z["t"], jnp.float32)
+  context = jnp.asarray(z["context"])
+  b, f, hl, wl, _ = x.shape
+  q_len = (hl // cfg.patch_size[1]) * (wl // cfg.patch_size[2])
+  if "attn_mask" in z:
+    mask = block_causal_mask(f, q_len, ref.chunk_frames, local_attn)
+    yield Comparison("forward/attn_mask", relative_error(mask, z["attn_mask"]), tol)
+
+  forward = nnx.capture(lambda m, *a, **k: m.forward_train(*a, **k), nnx.Intermediate)
+  flow, acts = forward(model, x, t, context, chunk_frames=ref.chunk_frames, local_window_frames=local_attn)
+  yield Comparison("forward/out", relative_error(np.asarray(flow).transpose(0, 4, 1, 2, 3), z["out"]), tol)
+  if "x0_pred" in z:
+    schedule = FlowSchedule.from_reference(ref.config.get("scheduler", {}))
+    x0 = np.asarray(schedule.x0_from_flow(x, flow, t)).transpose(0, 4, 1, 2, 3)
+    yield Comparison("forward/x0_pred", relative_error(x0, z["x0_pred"]), tol)
+  layouts: dict[str, Callable[[np.ndarray], np.ndarray]] = {
+      "act_patch_embedding": lambda a: a.transpose(0, 4, 1, 2, 3),  # ours [B, F, Hp, Wp, D]
+  }
+  for name in sorted(k for k in z if k.startswith("act_")):
+    if name not in acts:
+      yield Comparison(f"forward/{name}", float("inf"), tol)
+      continue
+    value = np.asarray(acts[name].get_value()[0])
+    value = layouts.get(name, lambda a: a)(value)
+    yield Comparison(f"forward/{name}", relative_error(value.reshape(z[name].shape) if value.size == z[name].size
+                                                       else value, z[name]), tol)
+
+
+def check_reference(path: str | os.PathLike, *, tolerance: float = DEFAULT_TOLERANCE,
+                    emit: Callable[[str], None] = print) -> tuple[list[Comparison], list[str]]:
+  """Runs every check the folder has files for. Returns (comparisons, notes about files not checked)."""
+  ref = ReferenceFolder.open(path)
+  results: list[Comparison] = []
+  notes: list[str] = []
+  with jax.default_matmul_precision("highest"):
+    rope = ref.npz("rope.npz")
+    if rope is not None:
+      for c in check_rope(ref, rope, tolerance):
+        emit(c.line())
+        results.append(c)
+    forward = ref.npz("forward_train.npz")
+    if forward is not None:
+      model = ref.load_model()
+      for c in check_forward(ref, forward, model, tolerance):
+        emit(c.line())
+        results.append(c)
+  for name in sorted(os.listdir(ref.path)):
+    if name.endswith(".npz") and name not in ("rope.npz", "forward_train.npz"):
+      notes.append(f"{name}: not checked by this version of rf_jax")
+  if not results:
+    raise ValueError(f"{ref.path}: nothing to compare (no rope.npz or forward_train.npz)")
+  return results, notes
