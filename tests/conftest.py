@@ -1,0 +1,18 @@
+import os
+import sys
+
+import pytest
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)  # for numpy_reference
+
+FIXTURES = os.environ.get("RF_JAX_FIXTURES", os.path.join(HERE, "..", "..", "shared", "fixtures"))
+
+
+def fixture_dir(name: str) -> str:
+  path = os.path.join(FIXTURES, name)
+  if not os.path.isdir(path):
+    if os.environ.get("RF_JAX_REQUIRE_FIXTURES"):
+      pytest.fail(f"reference fixtures missing at {path} (RF_JAX_REQUIRE_FIXTURES is set)")
+    pytest.skip(f"reference fixtures not found at {path}; set RF_JAX_FIXTURES")
+  return path

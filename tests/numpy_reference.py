@@ -1,0 +1,236 @@
+"""An independent float64 NumPy implementation of the causal Wan DiT's training forward, written from the spec
+(shared/spec/causal_wan.md §2-4) in PyTorch's layout and key names. It shares no code with rf_jax.
+
+It is checked against the PyTorch fixtures A and C (tests/test_numpy_reference.py), then used to write reference
+folders of sizes the fixtures do not cover, which `rf-jax check-reference` must pass.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+
+import numpy as np
+
+
+def _linear(sd, name, x):
+  return x @ sd[f"{name}.weight"].T + sd[f"{name}.bias"]
+
+
+def _gelu_tanh(x):
+  return 0.5 * x * (1 + np.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x**3)))
+
+
+def _silu(x):
+  return x / (1 + np.exp(-x))
+
+
+def _layer_norm(x, eps, weight=None, bias=None):
+  mu = x.mean(-1, keepdims=True)
+  var = ((x - mu) ** 2).mean(-1, keepdims=True)
+  y = (x - mu) / np.sqrt(var + eps)
+  return y if weight is None else y * weight + bias
+
+
+def _rms_norm(x, eps, weight):
+  return x / np.sqrt((x**2).mean(-1, keepdims=True) + eps) * weight
+
+
+def rope_freqs(head_dim, positions=1024):
+  """complex128 [positions, head_dim/2]: the reference's `freqs`."""
+  d = head_dim
+  tables = []
+  for dim in (d - 4 * (d // 6), 2 * (d // 6), 2 * (d // 6)):
+    inv = 1.0 / np.power(10000.0, np.arange(0, dim, 2)[: dim // 2].astype(np.float64) / dim)
+    tables.append(np.exp(1j * np.outer(np.arange(positions), inv)))
+  return np.concatenate(tables, axis=1)
+
+
+def rope_apply(x, grid, freqs, start_frame=0):
+  """x: [B, L, N, H] with tokens ordered (f, h, w) over grid (F, Hp, Wp)."""
+  f, hp, wp = grid
+  c = x.shape[-1] // 2
+  ct, ch = c - 2 * (c // 3), c // 3
+  ft, fh, fw = freqs[:, :ct], freqs[:, ct:ct + ch], freqs[:, ct + ch:]
+  per_token = np.concatenate([
+      np.broadcast_to(ft[start_frame:start_frame + f, None, None, :], (f, hp, wp, ct)),
+      np.broadcast_to(fh[None, :hp, None, :], (f, hp, wp, ch)),
+      np.broadcast_to(fw[None, None, :wp, :], (f, hp, wp, ch)),
+  ], axis=-1).reshape(f * hp * wp, 1, c)
+  xc = (x[..., 0::2] + 1j * x[..., 1::2]) * per_token
+  out = np.empty_like(x)
+  out[..., 0::2], out[..., 1::2] = xc.real, xc.imag
+  return out
+
+
+def block_mask(num_frames, fsl, chunk, local):
+  total = num_frames * fsl
+  ends = np.zeros(total, np.int64)
+  for start in range(0, total, fsl * chunk):
+    ends[start:start + fsl * chunk] = start + fsl * chunk
+  q = np.arange(total)[:, None]
+  k = np.arange(total)[None, :]
+  allowed = k < ends[:, None]
+  if local != -1:
+    allowed &= k >= ends[:, None] - local * fsl
+  return allowed | (q == k)
+
+
+def _attention(q, k, v, mask=None):
+  logits = np.einsum("blnh,bsnh->bnls", q, k) / math.sqrt(q.shape[-1])
+  if mask is not None:
+    logits = np.where(mask, logits, -np.inf)
+  logits -= logits.max(-1, keepdims=True)
+  p = np.exp(logits)
+  p /= p.sum(-1, keepdims=True)
+  return np.einsum("bnls,bsnh->blnh", p, v)
+
+
+def forward_train(sd, args, x, t, context, *, chunk=3):
+  """x: [B, C, F, H, W]; t: [B, F]; context: [B, Lc, text_dim]. Returns (flow like x, activations)."""
+  sd = {k: v.astype(np.float64) for k, v in sd.items()}
+  x, t, context = x.astype(np.float64), t.astype(np.float64), context.astype(np.float64)
+  d, n, eps = args["dim"], args["num_heads"], args["eps"]
+  pt, ph, pw = args["patch_size"]
+  hd = d // n
+  b, c, f, h, w = x.shape
+  hp, wp = h // ph, w // pw
+  fsl = hp * wp
+  acts = {}
+
+  wgt = sd["patch_embedding.weight"][:, :, 0]  # [D, C, ph, pw]
+  xr = x.reshape(b, c, f, hp, ph, wp, pw)
+  emb = np.einsum("bcfhjwk,dcjk->bdfhw", xr, wgt) + sd["patch_embedding.bias"][None, :, None, None, None]
+  acts["act_patch_embedding"] = emb
+  tokens = emb.reshape(b, d, f * fsl).transpose(0, 2, 1)  # [B, L, D]
+
+  half = args["freq_dim"] // 2
+  omega = np.power(10000.0, -np.arange(half) / half)
+  ang = np.outer(t.reshape(-1), omega)
+  sinus = np.concatenate([np.cos(ang), np.sin(ang)], axis=1)
+  e = _linear(sd, "time_embedding.2", _silu(_linear(sd, "time_embedding.0", sinus)))  # [B*F, D]
+  e0 = _linear(sd, "time_projection.1", _silu(e))  # [B*F, 6D]
+  acts["act_time_embedding"], acts["act_time_projection"] = e, e0
+  e0 = e0.reshape(b, f, 6, d)
+
+  ctx = np.concatenate([context, np.zeros((b, args["text_len"] - context.shape[1], context.shape[2]))], axis=1)
+  text = _linear(sd, "text_embedding.2", _gelu_tanh(_linear(sd, "text_embedding.0", ctx)))
+  acts["act_text_embedding"] = text
+
+  freqs = rope_freqs(hd)
+  mask = block_mask(f, fsl, chunk, args.get("local_attn_size", -1))
+  frame_of_token = np.arange(f * fsl) // fsl
+  for i in range(args["num_layers"]):
+    p = f"blocks.{i}"
+    m = sd[f"{p}.modulation"][0][None, None] + e0  # [B, F, 6, D]
+    m = m[:, frame_of_token]  # [B, L, 6, D]
+    hcur = _layer_norm(tokens, eps) * (1 + m[:, :, 1]) + m[:, :, 0]
+    q = _rms_norm(_linear(sd, f"{p}.self_attn.q", hcur), eps, sd[f"{p}.self_attn.norm_q.weight"])
+    k = _rms_norm(_linear(sd, f"{p}.self_attn.k", hcur), eps, sd[f"{p}.self_attn.norm_k.weight"])
+    v = _linear(sd, f"{p}.self_attn.v", hcur)
+    split = lambda a: a.reshape(b, -1, n, hd)  # noqa: E731
+    q, k, v = rope_apply(split(q), (f, hp, wp), freqs), rope_apply(split(k), (f, hp, wp), freqs), split(v)
+    y = _linear(sd, f"{p}.self_attn.o", _attention(q, k, v, mask).reshape(b, -1, d))
+    tokens = tokens + y * m[:, :, 2]
+    hx = _layer_norm(tokens, eps, sd[f"{p}.norm3.weight"], sd[f"{p}.norm3.bias"])
+    cq = _rms_norm(_linear(sd, f"{p}.cross_attn.q", hx), eps, sd[f"{p}.cross_attn.norm_q.weight"])
+    ck = _rms_norm(_linear(sd, f"{p}.cross_attn.k", text), eps, sd[f"{p}.cross_attn.norm_k.weight"])
+    cv = _linear(sd, f"{p}.cross_attn.v", text)
+    tokens = tokens + _linear(sd, f"{p}.cross_attn.o", _attention(split(cq), split(ck), split(cv)).reshape(b, -1, d))
+    hf = _layer_norm(tokens, eps) * (1 + m[:, :, 4]) + m[:, :, 3]
+    ff = _linear(sd, f"{p}.ffn.2", _gelu_tanh(_linear(sd, f"{p}.ffn.0", hf)))
+    tokens = tokens + ff * m[:, :, 5]
+    acts[f"act_block{i}"] = tokens
+
+  hm = sd["head.modulation"][None] + e.reshape(b, f, 1, d)  # [B, F, 2, D]
+  hm = hm[:, frame_of_token]
+  out = _linear(sd, "head.head", _layer_norm(tokens, eps) * (1 + hm[:, :, 1]) + hm[:, :, 0])  # [B, L, 64]
+  acts["act_head"] = out.reshape(b, f, fsl, -1)
+  cout = args["out_dim"]
+  out = out.reshape(b, f, hp, wp, pt, ph, pw, cout)
+  flow = out.transpose(0, 7, 1, 4, 2, 5, 3, 6).reshape(b, cout, f * pt, hp * ph, wp * pw)
+  return flow, acts
+
+
+def scheduler_sigma(t, shift=5.0, n=1000):
+  raw = np.linspace(1.0, 0.0, n + 1)[:-1]
+  sigmas = shift * raw / (1 + (shift - 1) * raw)
+  timesteps = sigmas * n
+  idx = np.abs(timesteps[None, :] - np.asarray(t, np.float64).reshape(-1, 1)).argmin(1)
+  return sigmas[idx].reshape(np.shape(t))
+
+
+def random_state_dict(args, seed):
+  """Random weights in the fixtures' style (N(0, 1/fan_in) weights, small biases, norm weights near 1)."""
+  rng = np.random.default_rng(seed)
+  d, ffn = args["dim"], args["ffn_dim"]
+  pt, ph, pw = args["patch_size"]
+  sd = {}
+
+  def lin(name, din, dout):
+    sd[f"{name}.weight"] = rng.normal(0, 1 / math.sqrt(din), (dout, din))
+    sd[f"{name}.bias"] = rng.normal(0, 0.05, (dout,))
+
+  sd["patch_embedding.weight"] = rng.normal(0, 1 / math.sqrt(args["in_dim"] * pt * ph * pw),
+                                            (d, args["in_dim"], pt, ph, pw))
+  sd["patch_embedding.bias"] = rng.normal(0, 0.05, (d,))
+  lin("text_embedding.0", args["text_dim"], d)
+  lin("text_embedding.2", d, d)
+  lin("time_embedding.0", args["freq_dim"], d)
+  lin("time_embedding.2", d, d)
+  lin("time_projection.1", d, 6 * d)
+  for i in range(args["num_layers"]):
+    p = f"blocks.{i}"
+    sd[f"{p}.modulation"] = rng.normal(0, 1, (1, 6, d)) / math.sqrt(d)
+    for a in ("self_attn", "cross_attn"):
+      for proj in "qkvo":
+        lin(f"{p}.{a}.{proj}", d, d)
+      sd[f"{p}.{a}.norm_q.weight"] = 1 + rng.normal(0, 0.2, (d,))
+      sd[f"{p}.{a}.norm_k.weight"] = 1 + rng.normal(0, 0.2, (d,))
+    sd[f"{p}.norm3.weight"] = 1 + rng.normal(0, 0.2, (d,))
+    sd[f"{p}.norm3.bias"] = rng.normal(0, 0.1, (d,))
+    lin(f"{p}.ffn.0", d, ffn)
+    lin(f"{p}.ffn.2", ffn, d)
+  sd["head.modulation"] = rng.normal(0, 1, (1, 2, d)) / math.sqrt(d)
+  lin("head.head", d, args["out_dim"] * pt * ph * pw)
+  return {k: v.astype(np.float32) for k, v in sd.items()}
+
+
+def write_reference_folder(path, args, *, latent_hw, frames=6, batch=2, chunk=3, seed=0):
+  """Writes a folder in the fixtures' format (config.json, model.safetensors, forward_train.npz, rope.npz)."""
+  from safetensors.numpy import save_file
+  os.makedirs(path, exist_ok=True)
+  rng = np.random.default_rng(seed + 1)
+  sd = random_state_dict(args, seed)
+  save_file(sd, os.path.join(path, "model.safetensors"))
+  h, w = latent_hw
+  _, ph, pw = args["patch_size"]
+  hp, wp = h // ph, w // pw
+  x = rng.normal(size=(batch, args["in_dim"], frames, h, w)).astype(np.float32)
+  t = np.array([[1000, 937.5, 833.3333, 625, 250, 0][:frames], [999, 500, 500, 500, 10, 3][:frames]][:batch],
+               np.float32)
+  valid = [args["text_len"] - 3, args["text_len"] - 5][:batch]
+  context = rng.normal(size=(batch, args["text_len"], args["text_dim"])).astype(np.float32)
+  for i, n in enumerate(valid):
+    context[i, n:] = 0
+  flow, acts = forward_train(sd, args, x, t, context, chunk=chunk)
+  sigma = scheduler_sigma(t)[:, None, :, None, None]
+  x0 = x.astype(np.float64) - sigma * flow
+  f32 = lambda a: np.asarray(a, np.float32)  # noqa: E731
+  np.savez(os.path.join(path, "forward_train.npz"), x=x, t=t, context=context, out=f32(flow), x0_pred=f32(x0),
+           attn_mask=block_mask(frames, hp * wp, chunk, args.get("local_attn_size", -1)),
+           grid_sizes=np.array([frames, hp, wp]), **{k: f32(v) for k, v in acts.items()})
+  hd = args["dim"] // args["num_heads"]
+  xr = rng.normal(size=(1, 3 * hp * wp, args["num_heads"], hd)).astype(np.float32)
+  freqs = rope_freqs(hd)
+  np.savez(os.path.join(path, "rope.npz"), x=xr, grid_sizes=np.array([[3, hp, wp]]),
+           out_start0=f32(rope_apply(xr.astype(np.float64), (3, hp, wp), freqs, 0)),
+           out_start7=f32(rope_apply(xr.astype(np.float64), (3, hp, wp), freqs, 7)),
+           freqs_real=freqs.real, freqs_imag=freqs.imag)
+  config = {"constructor_args": {**args, "patch_size": list(args["patch_size"])}, "latent_hw": list(latent_hw),
+            "frame_seq_length": hp * wp, "num_frame_per_block": chunk, "forward_num_latent_frames": frames,
+            "scheduler": {"shift": 5.0, "sigma_min": 0.0, "extra_one_step": True, "num_train_timesteps": 1000}}
+  with open(os.path.join(path, "config.json"), "w") as fh:
+    json.dump(config, fh, indent=2)
+  return path
