@@ -97,10 +97,14 @@ def save_checkpoint(dest: str | os.PathLike, config: ModelConfig, params: Mappin
     raise ValueError(f"params do not match the config: missing {sorted(set(expected) - set(params))[:5]}, "
                      f"extra {sorted(set(params) - set(expected))[:5]}")
   with atomic_directory(dest, force=force) as tmp:
-    checkpointer = ocp.StandardCheckpointer()
-    checkpointer.save(os.path.join(tmp, "params"), nest(params))
-    checkpointer.wait_until_finished()
-    checkpointer.close()
+    # A synchronous save whose numpy handler does not deep-copy host arrays: memory-mapped parameters staged by
+    # the converter stream to disk instead of being copied into RAM (orbax's default copies the whole tree).
+    registry = ocp.type_handlers.create_type_handler_registry(
+        (np.ndarray, ocp.type_handlers.NumpyHandler(deepcopy_host_arrays=False)),
+        (jax.Array, ocp.type_handlers.ArrayHandler()))
+    handler = ocp.PyTreeCheckpointHandler(type_handler_registry=registry, save_concurrent_gb=1)
+    with ocp.Checkpointer(handler) as checkpointer:
+      checkpointer.save(os.path.join(tmp, "params"), args=ocp.args.PyTreeSave(nest(params)))
     write_json_atomic(os.path.join(tmp, "config.json"), {"format": FORMAT, "model": config.to_dict()})
     write_json_atomic(os.path.join(tmp, "meta.json"), dict(meta or {}))
   return os.path.abspath(os.fspath(dest))
