@@ -92,6 +92,7 @@ def save_checkpoint(dest: str | os.PathLike, config: ModelConfig, params: Mappin
   import orbax.checkpoint as ocp
   if isinstance(params, nnx.State):
     params = {tuple(p): v for p, v in nnx.to_flat_state(params)}
+  params = {p: (v.get_value() if isinstance(v, nnx.Variable) else v) for p, v in params.items()}
   expected = param_shapes(config)
   if set(params) != set(expected):
     raise ValueError(f"params do not match the config: missing {sorted(set(expected) - set(params))[:5]}, "
