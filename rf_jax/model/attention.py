@@ -41,7 +41,8 @@ def _linear(din: int, dout: int, *, dtype, param_dtype, rngs: nnx.Rngs) -> nnx.L
   return nnx.Linear(din, dout, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
 
 
-class SelfAttention(nnx.Module):
+class _Attention(nnx.Module):
+  """The q/k/v/o projections and the full-width q/k RMSNorms shared by both attentions (PyTorch names)."""
 
   def __init__(self, dim: int, num_heads: int, *, eps: float, qk_norm: bool, attn_impl: AttnImpl,
                dtype=jnp.float32, param_dtype=jnp.float32, rngs: nnx.Rngs):
@@ -51,6 +52,9 @@ class SelfAttention(nnx.Module):
     self.q, self.k, self.v, self.o = (_linear(dim, dim, **kw) for _ in range(4))
     self.norm_q = RMSNorm(dim, eps=eps, param_dtype=param_dtype) if qk_norm else None
     self.norm_k = RMSNorm(dim, eps=eps, param_dtype=param_dtype) if qk_norm else None
+
+
+class SelfAttention(_Attention):
 
   def __call__(self, x: Array, cos: Array, sin: Array, mask: Array | None,
                memory: MemoryKV | None = None) -> tuple[Array, FrameKV]:
@@ -77,17 +81,8 @@ class SelfAttention(nnx.Module):
     return self.o(out.reshape(b, f, q_len, d)), chunk_kv
 
 
-class CrossAttention(nnx.Module):
+class CrossAttention(_Attention):
   """Text cross-attention (`WanT2VCrossAttention`): no RoPE, no mask; padded text rows are attended too."""
-
-  def __init__(self, dim: int, num_heads: int, *, eps: float, qk_norm: bool, attn_impl: AttnImpl,
-               dtype=jnp.float32, param_dtype=jnp.float32, rngs: nnx.Rngs):
-    self.num_heads = num_heads
-    self.attn_impl = attn_impl
-    kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-    self.q, self.k, self.v, self.o = (_linear(dim, dim, **kw) for _ in range(4))
-    self.norm_q = RMSNorm(dim, eps=eps, param_dtype=param_dtype) if qk_norm else None
-    self.norm_k = RMSNorm(dim, eps=eps, param_dtype=param_dtype) if qk_norm else None
 
   def text_kv(self, context: Array) -> tuple[Array, Array]:
     """context: [B, P, D] (embedded text) -> keys, values [B, P, N, H]; computed once per prompt."""
