@@ -39,7 +39,7 @@ def test_frame_positions_beyond_the_reference_table_are_exact():
   pos = np.array([0, 1023, 1024, 5000, 40000, MAX_POSITION - 1])
   cos, sin = rope_cos_sin(jnp.asarray(pos), (1, 1), head_dim)  # [P, 1, 64]
   ref = rope_angles_table(head_dim, MAX_POSITION)[pos]  # float64 angles
-  # Only the frame pairs depend on the position; height/width at 0 are angle 0.
-  np.testing.assert_allclose(np.asarray(cos)[:, 0], np.cos(ref) * 0 + np.cos(np.where(
-      np.arange(64) < 22, ref, 0)), atol=3e-7)
-  np.testing.assert_allclose(np.asarray(sin)[:, 0], np.sin(np.where(np.arange(64) < 22, ref, 0)), atol=3e-7)
+  # The 22 frame pairs turn with the position; the height/width pairs of the single token sit at angle 0.
+  expected = np.where(np.arange(64) < 22, ref, 0.0)
+  np.testing.assert_allclose(np.asarray(cos)[:, 0], np.cos(expected), atol=3e-7)
+  np.testing.assert_allclose(np.asarray(sin)[:, 0], np.sin(expected), atol=3e-7)
