@@ -12,6 +12,7 @@ interrupted write never leaves a half-written checkpoint under the final name.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import shutil
@@ -37,8 +38,22 @@ def abstract_model(config: ModelConfig, *, dtype=jnp.float32) -> Any:
 
 def param_shapes(config: ModelConfig) -> dict[Path, tuple[int, ...]]:
   """Flax path -> shape of every parameter, without allocating."""
+  return dict(_param_shapes(config))
+
+
+@functools.lru_cache(maxsize=8)
+def _param_shapes(config: ModelConfig) -> tuple[tuple[Path, tuple[int, ...]], ...]:
   state = nnx.state(abstract_model(config), nnx.Param)
-  return {tuple(path): tuple(v.shape) for path, v in nnx.to_flat_state(state)}
+  return tuple((tuple(path), tuple(v.shape)) for path, v in nnx.to_flat_state(state))
+
+
+def model_from_params(config: ModelConfig, params: Mapping, *, dtype=jnp.float32) -> Any:
+  """A `CausalWanDiT` computing in `dtype` whose parameters are `params` (a nested dict of arrays)."""
+  model = abstract_model(config, dtype=dtype)
+  state = nnx.state(model, nnx.Param)
+  nnx.replace_by_pure_dict(state, params)
+  nnx.update(model, state)
+  return model
 
 
 def count_params(config: ModelConfig) -> int:
@@ -146,12 +161,8 @@ def stored_dtypes(path: str | os.PathLike) -> dict[Path, np.dtype]:
 ShardingSpec = jax.sharding.Sharding | Callable[[Path, tuple[int, ...]], jax.sharding.Sharding] | None
 
 
-def load_params(path: str | os.PathLike, *, shardings: ShardingSpec = None) -> tuple[ModelConfig, nnx.State]:
-  """Restores a checkpoint's parameters as an `nnx.State`.
-
-  shardings: None (arrays on the default device), one Sharding for every parameter, or a function
-  (path, shape) -> Sharding; orbax then reads each parameter straight into its shards.
-  """
+def _restore_tree(path: str | os.PathLike, shardings: ShardingSpec) -> tuple[ModelConfig, dict]:
+  """The checkpoint's config and its parameters as a nested dict, each read straight into its sharding."""
   import orbax.checkpoint as ocp
   path = os.path.abspath(os.fspath(path))
   config = load_config(path)
@@ -170,15 +181,22 @@ def load_params(path: str | os.PathLike, *, shardings: ShardingSpec = None) -> t
 
   abstract = nest({p: jax.ShapeDtypeStruct(s, dtypes[p], sharding=sharding_for(p, s)) for p, s in shapes.items()})
   checkpointer = ocp.StandardCheckpointer()
-  restored = checkpointer.restore(os.path.join(path, "params"), abstract)
+  return config, checkpointer.restore(os.path.join(path, "params"), abstract)
+
+
+def load_params(path: str | os.PathLike, *, shardings: ShardingSpec = None) -> tuple[ModelConfig, nnx.State]:
+  """Restores a checkpoint's parameters as an `nnx.State`.
+
+  shardings: None (arrays on the default device), one Sharding for every parameter, or a function
+  (path, shape) -> Sharding; orbax then reads each parameter straight into its shards.
+  """
+  config, restored = _restore_tree(path, shardings)
   state = nnx.state(abstract_model(config), nnx.Param)
   nnx.replace_by_pure_dict(state, restored)
   return config, state
 
 
 def load_model(path: str | os.PathLike, *, dtype=jnp.float32, shardings: ShardingSpec = None):
-  """Restores a checkpoint into a `CausalWanDiT` computing in `dtype`."""
-  config, state = load_params(path, shardings=shardings)
-  model = abstract_model(config, dtype=dtype)
-  nnx.update(model, state)
-  return model
+  """Restores a checkpoint into a `CausalWanDiT` computing in `dtype` (shardings as in `load_params`)."""
+  config, restored = _restore_tree(path, shardings)
+  return model_from_params(config, restored, dtype=dtype)

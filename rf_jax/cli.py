@@ -34,7 +34,8 @@ def resolve_config(spec: str | None, src: str | None = None) -> ModelConfig:
   if "constructor_args" in d:
     return cfg.from_constructor_args(d["constructor_args"])
   if "format" in d and "model" in d:
-    return ModelConfig.from_dict(d["model"], source=spec)
+    from rf_jax.checkpoint import load_config
+    return load_config(os.path.dirname(os.path.abspath(spec)))
   return cfg.from_wan_config(spec)
 
 

@@ -85,18 +85,14 @@ class ReferenceFolder:
                                .get("num_frame_per_block", 3)))
 
   def load_model(self, dtype=jnp.float32):
-    from rf_jax.checkpoint import abstract_model, nest
+    from rf_jax.checkpoint import model_from_params, nest
     from rf_jax.convert import convert_tensors, open_source
     weights = os.path.join(self.path, "model.safetensors")
     if not os.path.exists(weights):
       raise ValueError(f"{self.path}: no model.safetensors")
     tensors, _ = open_source(weights)
     params = convert_tensors(tensors, self.model_config)
-    model = abstract_model(self.model_config, dtype=dtype)
-    state = nnx.state(model, nnx.Param)
-    nnx.replace_by_pure_dict(state, nest({p: jnp.asarray(v) for p, v in params.items()}))
-    nnx.update(model, state)
-    return model
+    return model_from_params(self.model_config, nest({p: jnp.asarray(v) for p, v in params.items()}), dtype=dtype)
 
 
 def _to_channels_last(x: np.ndarray) -> jax.Array:

@@ -145,18 +145,19 @@ def open_source(path: str | os.PathLike, *, weights: str | None = None) -> tuple
     else:
       raise ValueError(f"{path}: cannot tell which weights to read (index files {index}, safetensors {single}); "
                        "name the file")
+  is_pt = path.endswith((".pt", ".pth", ".bin", ".ckpt"))
+  if weights is not None and not is_pt:
+    raise ValueError(f"{path}: --weights {weights!r} applies only to .pt checkpoints")
   if path.endswith(".safetensors.index.json"):
     tensors = read_safetensors_index(path)
   elif path.endswith(".safetensors"):
     tensors = list_safetensors(path)
-  elif path.endswith((".pt", ".pth", ".bin", ".ckpt")):
+  elif is_pt:
     state, picked = _state_dict_from_pt(load_pt(path), path, weights)
     info["weights"] = picked
     tensors = [SourceTensor(k, t.shape, t.dtype, path, t.numpy) for k, t in state.items()]
   else:
     raise ValueError(f"{path}: unknown weight format (expected .safetensors, .safetensors.index.json, .pt or .pth)")
-  if weights is not None and not path.endswith((".pt", ".pth", ".bin", ".ckpt")):
-    raise ValueError(f"{path}: --weights {weights!r} applies only to .pt checkpoints")
   keys = [t.key for t in tensors]
   for prefix in ("model.", "_orig_mod.", "module."):
     if keys and all(k.startswith(prefix) for k in keys):
