@@ -164,14 +164,20 @@ def from_wan_config(source: str | os.PathLike | Mapping[str, Any]) -> ModelConfi
   return ModelConfig.from_dict(kwargs, source=name)
 
 
-_CAUSAL_ONLY_ARGS = ("local_attn_size", "sink_size")
+# KV-memory kwargs of the causal model (Self-Forcing's window, Relax Forcing's and Context Forcing's memories):
+# they describe the memory policy, not the architecture.
+_CAUSAL_ONLY_ARGS = ("local_attn_size", "sink_size",
+                     "sink_frames", "hist_frames", "tail_frames", "hist_position_idx", "num_hist_candidates",
+                     "lambda_redundancy", "contiguous_rope",
+                     "rope_length", "cache_size", "num_new_context_tokens", "keyframe_sample", "keyframe_interval")
 
 
 def from_constructor_args(args: Mapping[str, Any]) -> ModelConfig:
   """Builds the config from `CausalWanModel(**args)` kwargs (a fixture's `constructor_args`).
 
-  The causal-only `local_attn_size` / `sink_size` describe the KV cache, not the architecture: see
-  `memory_args_from_constructor_args`.
+  The causal model's memory kwargs (`local_attn_size`, `sink_size`, and those of Relax / Context Forcing) describe
+  the KV memory, not the architecture, and are skipped here: see `memory_args_from_constructor_args` and a
+  folder's `memory` block.
   """
   kwargs = {k: v for k, v in args.items() if k not in _CAUSAL_ONLY_ARGS}
   return ModelConfig.from_dict(kwargs, source="constructor_args")

@@ -10,7 +10,7 @@ H head dim, D width, P text tokens.
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -37,6 +37,9 @@ class MemoryKV(NamedTuple):
   sin: Array  # [B, M, Q, H/2] float32
 
 
+MemoryFn = Callable[["FrameKV"], tuple[MemoryKV, Any]]
+
+
 def _linear(din: int, dout: int, *, dtype, param_dtype, rngs: nnx.Rngs) -> nnx.Linear:
   return nnx.Linear(din, dout, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
 
@@ -57,11 +60,13 @@ class _Attention(nnx.Module):
 class SelfAttention(_Attention):
 
   def __call__(self, x: Array, cos: Array, sin: Array, mask: Array | None,
-               memory: MemoryKV | None = None) -> tuple[Array, FrameKV]:
+               memory: MemoryKV | MemoryFn | None = None) -> tuple[Array, FrameKV, Any]:
     """x: [B, F, Q, D]; cos/sin: [F, Q, H/2] at the chunk's positions; mask: bool [B, 1, T, S] or None.
 
-    Keys are ordered [memory slots..., chunk frames...]. Returns the output [B, F, Q, D] and the chunk's own
-    pre-RoPE keys and values.
+    `memory` is either the memory's keys/values for this layer, or a function that builds them from the chunk's
+    own pre-RoPE keys/values (a policy that decides inside the layer, such as Context Forcing's per-layer
+    promotion), returning (MemoryKV, aux). Keys are ordered [memory slots..., chunk frames...]. Returns the output
+    [B, F, Q, D], the chunk's own pre-RoPE keys and values, and the memory function's aux (None without one).
     """
     b, f, q_len, d = x.shape
     n = self.num_heads
@@ -71,6 +76,9 @@ class SelfAttention(_Attention):
       q, k = self.norm_q(q), self.norm_k(k)
     q, k, v = heads(q), heads(k), heads(v)
     chunk_kv = FrameKV(k, v)
+    aux = None
+    if callable(memory):
+      memory, aux = memory(chunk_kv)
     q_rot, k_rot = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
     if memory is not None:
       k_mem = apply_rope(memory.k.astype(k.dtype), memory.cos, memory.sin)
@@ -78,7 +86,7 @@ class SelfAttention(_Attention):
       v = jnp.concatenate([memory.v.astype(v.dtype), v], axis=1)
     flat = lambda y: y.reshape(b, -1, n, d // n)  # noqa: E731  [B, T or S, N, H]
     out = attention(flat(q_rot), flat(k_rot), flat(v), mask, impl=self.attn_impl)  # [B, T, N, H]
-    return self.o(out.reshape(b, f, q_len, d)), chunk_kv
+    return self.o(out.reshape(b, f, q_len, d)), chunk_kv, aux
 
 
 class CrossAttention(_Attention):

@@ -10,12 +10,14 @@ run in the compute dtype (float32 or bfloat16).
 
 from __future__ import annotations
 
+from typing import Any
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
 from rf_jax.config import ModelConfig
-from rf_jax.model.attention import CrossAttention, FrameKV, MemoryKV, SelfAttention
+from rf_jax.model.attention import CrossAttention, FrameKV, MemoryFn, MemoryKV, SelfAttention
 from rf_jax.model.layers import LayerNorm, gelu_tanh, layer_norm, modulate
 from rf_jax.ops import AttnImpl
 
@@ -43,13 +45,16 @@ class WanBlock(nnx.Module):
     )
 
   def __call__(self, x: Array, e0: Array, text_k: Array, text_v: Array, cos: Array, sin: Array,
-               mask: Array | None, memory: MemoryKV | None = None) -> tuple[Array, FrameKV]:
-    """x: [B, F, Q, D] float32; e0: [B, F, 6, D] float32 time projection -> (x, chunk's pre-RoPE k/v)."""
+               mask: Array | None, memory: MemoryKV | MemoryFn | None = None) -> tuple[Array, FrameKV, Any]:
+    """x: [B, F, Q, D] float32; e0: [B, F, 6, D] float32 time projection.
+
+    Returns (x, the chunk's pre-RoPE k/v, the memory function's aux or None); see `SelfAttention`.
+    """
     m = self.modulation[...].astype(jnp.float32) + e0  # [B, F, 6, D]
     shift_sa, scale_sa, gate_sa, shift_ffn, scale_ffn, gate_ffn = (m[:, :, i, None, :] for i in range(6))
 
     h = modulate(layer_norm(x, self.eps), shift_sa, scale_sa).astype(self.dtype)
-    y, chunk_kv = self.self_attn(h, cos, sin, mask, memory)
+    y, chunk_kv, aux = self.self_attn(h, cos, sin, mask, memory)
     x = x + y.astype(jnp.float32) * gate_sa
 
     h = (self.norm3(x) if self.norm3 is not None else x).astype(self.dtype)
@@ -57,4 +62,4 @@ class WanBlock(nnx.Module):
 
     h = modulate(layer_norm(x, self.eps), shift_ffn, scale_ffn).astype(self.dtype)
     x = x + self.ffn(h).astype(jnp.float32) * gate_ffn
-    return x, chunk_kv
+    return x, chunk_kv, aux

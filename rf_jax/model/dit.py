@@ -17,7 +17,7 @@ L layers, P text tokens.
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -47,6 +47,18 @@ class MemoryView(NamedTuple):
   v: Array  # [L, B, M, Q, N, H]
   pos: Array  # int32 [B, M]: the frame position each slot's keys are rotated to
   valid: Array  # bool [B, M]: False slots are masked out of attention
+
+
+class LayerHook(NamedTuple):
+  """A memory that decides inside each layer (Context Forcing's per-layer promotion).
+
+  `fn(xs_l, chunk) -> ((k, v), aux_l)` runs in layer l after the chunk's keys/values are projected and before
+  attention: `xs_l` is layer l's slice of `xs` (a pytree with a leading layer axis L), `chunk` the chunk's
+  pre-RoPE FrameKV [B, F, Q, N, H]; it returns the memory keys/values [B, M, Q, N, H] that layer attends to (at
+  the positions and validity of the call's `MemoryView`) and any per-layer output, stacked over layers.
+  """
+  fn: Callable[[Any, FrameKV], tuple[tuple[Array, Array], Any]]
+  xs: Any
 
 
 class PatchEmbed(nnx.Module):
@@ -153,6 +165,17 @@ class CausalWanDiT(nnx.Module):
     Returns:
       flow prediction [B, F, Hl, Wl, C] in float32, and the chunk's pre-RoPE keys/values [L, B, F, Q, N, H].
     """
+    flow, chunk_kv, _ = self._forward(x, t, text, frame_pos, self_mask, memory, None)
+    return flow, chunk_kv
+
+  def call_with_hook(self, x: Array, t: Array, text: TextKV, *, frame_pos: Array,
+                     self_mask: Array | np.ndarray | None, memory: MemoryView,
+                     hook: LayerHook) -> tuple[Array, FrameKV, Any]:
+    """Like `__call__`, but each layer's memory keys/values come from `hook` (`memory.k/v` are ignored and may be
+    None). Returns (flow, chunk FrameKV [L, B, F, Q, N, H], the hook's per-layer outputs stacked over L)."""
+    return self._forward(x, t, text, frame_pos, self_mask, memory, hook)
+
+  def _forward(self, x, t, text, frame_pos, self_mask, memory, hook):
     cfg = self.config
     b, f, hl, wl, c = x.shape
     _, ph, pw = cfg.patch_size
@@ -178,20 +201,27 @@ class CausalWanDiT(nnx.Module):
     mask = _attention_mask(b, f * q_len, q_len, self_mask, memory)
     if memory is not None:
       mem_cos, mem_sin = rope_cos_sin(memory.pos, (hp, wp), cfg.head_dim)  # [B, M, Q, H/2]
-      mem_k, mem_v = memory.k, memory.v
+      mem_xs = hook.xs if hook is not None else (memory.k, memory.v)
     else:
-      mem_k = mem_v = mem_cos = mem_sin = None
+      mem_cos = mem_sin = mem_xs = None
 
     graphdef, state = nnx.split(self.blocks)
 
     def layer(h, xs):
-      block_state, text_k, text_v, k, v = xs
+      block_state, text_k, text_v, mem_l = xs
       block = nnx.merge(graphdef, block_state)
-      mem = MemoryKV(k, v, mem_cos, mem_sin) if k is not None else None
-      h, chunk_kv = block(h, e0, text_k, text_v, cos, sin, mask, mem)
-      return h, (chunk_kv, h if capturing else None)
+      if memory is None:
+        mem = None
+      elif hook is None:
+        mem = MemoryKV(*mem_l, mem_cos, mem_sin)
+      else:
+        def mem(chunk_kv):
+          (k, v), aux = hook.fn(mem_l, chunk_kv)
+          return MemoryKV(k, v, mem_cos, mem_sin), aux
+      h, chunk_kv, aux = block(h, e0, text_k, text_v, cos, sin, mask, mem)
+      return h, (chunk_kv, aux, h if capturing else None)
 
-    h, (chunk_kv, per_layer) = jax.lax.scan(layer, tokens, (state, text.k, text.v, mem_k, mem_v))
+    h, (chunk_kv, hook_out, per_layer) = jax.lax.scan(layer, tokens, (state, text.k, text.v, mem_xs))
     if capturing:
       for i in range(cfg.num_layers):
         self.sow(nnx.Intermediate, f"act_block{i}", per_layer[i].reshape(b, f * q_len, cfg.dim))
@@ -200,7 +230,7 @@ class CausalWanDiT(nnx.Module):
     self.sow(nnx.Intermediate, "act_head", out, capture_noop=True)
     out = out.astype(jnp.float32).reshape(b, f, hp, wp, ph, pw, cfg.out_dim)
     flow = out.transpose(0, 1, 2, 4, 3, 5, 6).reshape(b, f, hl, wl, cfg.out_dim)  # [B, F, Hl, Wl, C]
-    return flow, chunk_kv
+    return flow, chunk_kv, hook_out
 
   def forward_train(self, x: Array, t: Array, context: Array, *, chunk_frames: int = 3,
                     local_window_frames: int = -1) -> Array:

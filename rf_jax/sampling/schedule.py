@@ -15,7 +15,7 @@ import numpy as np
 Array = jax.Array
 
 
-def _torch_linspace(start: float, end: float, steps: int) -> np.ndarray:
+def torch_linspace(start: float, end: float, steps: int) -> np.ndarray:
   """float32 `torch.linspace` bit for bit: a float32 step, each value rounded once (fused multiply-add) from the
   start for the first half and from the end for the second."""
   start32, end32 = np.float32(start), np.float32(end)
@@ -42,8 +42,8 @@ class FlowSchedule:
   def tables(self) -> tuple[np.ndarray, np.ndarray]:
     """(sigmas, timesteps), float32 [num_train_timesteps], as the reference scheduler builds them."""
     n = self.num_train_timesteps
-    raw = _torch_linspace(self.sigma_max, self.sigma_min, n + 1)[:-1] if self.extra_one_step else \
-        _torch_linspace(self.sigma_max, self.sigma_min, n)
+    raw = torch_linspace(self.sigma_max, self.sigma_min, n + 1)[:-1] if self.extra_one_step else \
+        torch_linspace(self.sigma_max, self.sigma_min, n)
     shift = np.float32(self.shift)
     sigmas = (shift * raw / (1 + (shift - 1) * raw)).astype(np.float32)
     return sigmas, (sigmas * np.float32(self.num_train_timesteps)).astype(np.float32)

@@ -1,0 +1,193 @@
+"""Relax Forcing's relaxed KV memory (zengqunzhao/Relax-Forcing @6d2b4fa), exactly as the official code behaves.
+
+A chunk starting at frame c attends to [sink (first S frames), history (H frames picked by a score), tail (the T
+frames before c)] plus itself. The history is the top-H of up to `num_candidates` frames spaced over the second half
+of the "middle" frames (those between the sink and the tail still in the reservoir), scored once per chunk on
+layer-0 key prototypes (pre-RoPE keys averaged over tokens, then heads, L2-normalised):
+
+    score(h) = <p_h, p_sink> - lambda * <p_h, p_tail>
+
+The choice is shared by all layers, all denoising calls and the refill. While the chunk's slot in the upstream cache
+is <= S + 1 + T frames (the first chunks), the call attends densely to every cached frame at its true position.
+
+Positions: `hybrid` places [sink, history] right before the tail (the attended set looks like one contiguous
+window ending at the chunk); `absolute` keeps every frame at its index (the upstream ablation).
+
+The reservoir holds the previous `reservoir_frames - F` frames (sink + ring), as upstream's cache of
+`reservoir_frames` does besides the chunk itself. Upstream applies batch element 0's choice to the whole batch
+(`selection="batch0"`); `selection="per_sample"` (the default) picks per sample, so batching never changes a
+sample's video.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Literal
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from rf_jax.memory.base import CallView, Chunk, Policy, traced
+from rf_jax.memory.reservoir import Geometry, Reservoir, gather_slots, init_reservoir, ring_slot, write_frames
+from rf_jax.model.dit import MemoryView
+from rf_jax.sampling.schedule import torch_linspace
+
+Array = jax.Array
+
+
+@functools.lru_cache(maxsize=64)
+def candidate_table(max_middle: int, num_candidates: int) -> np.ndarray:
+  """int32 [max_middle + 1, num_candidates]: row n lists the candidate middle indices for n middle frames, -1 pad.
+
+  s = n // 2, C = min(num_candidates, n - s); C == 1 gives [s]; otherwise the float32 linspace(s, n - 1, C + 1),
+  truncated to integers, duplicates removed, last point dropped.
+  """
+  table = np.full((max_middle + 1, num_candidates), -1, np.int32)
+  for n in range(1, max_middle + 1):
+    s = n // 2
+    count = min(num_candidates, n - s)
+    if count <= 0:
+      continue
+    if count == 1:
+      idx = np.array([s])
+    else:
+      idx = np.unique(torch_linspace(s, n - 1, count + 1).astype(np.int64))[:-1]
+    table[n, :len(idx)] = idx
+  return table
+
+
+def _normalize(x: Array) -> Array:
+  """F.normalize: x / max(||x||, 1e-12) over the last axis."""
+  return x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+
+
+@dataclasses.dataclass(frozen=True)
+class RelaxPolicy(Policy):
+  sink_frames: int = 2
+  history_frames: int = 1
+  tail_frames: int = 1
+  num_candidates: int = 4
+  reservoir_frames: int = 120
+  positions: Literal["hybrid", "absolute"] = "hybrid"
+  selection: Literal["per_sample", "batch0"] = "per_sample"
+  lam: float = traced(2.0)  # the redundancy weight lambda
+
+  name = "relax"
+
+  def validate(self, chunk_frames: int) -> None:
+    s, h, t = self.sink_frames, self.history_frames, self.tail_frames
+    for key, value, low in (("sink_frames", s, 1), ("history_frames", h, 1), ("tail_frames", t, 1),
+                            ("num_candidates", self.num_candidates, 1)):
+      if value < low:
+        raise ValueError(f"relax: {key}={value} must be >= {low}")
+    if h > self.num_candidates:
+      raise ValueError(f"relax: history_frames={h} exceeds num_candidates={self.num_candidates}")
+    if self.positions not in ("hybrid", "absolute"):
+      raise ValueError(f"relax: positions={self.positions!r}; expected 'hybrid' or 'absolute'")
+    if self.selection not in ("per_sample", "batch0"):
+      raise ValueError(f"relax: selection={self.selection!r}; expected 'per_sample' or 'batch0'")
+    if self.reservoir_frames - chunk_frames <= s + 1 + t:
+      raise ValueError(f"relax: reservoir_frames={self.reservoir_frames} leaves no room for history: it must "
+                       f"exceed sink + 1 + tail + chunk frames = {s + 1 + t + chunk_frames}")
+
+  # ------------------------------------------------------------------------------------------- layout
+
+  def capacity(self, chunk_frames: int) -> int:
+    return self.reservoir_frames - chunk_frames
+
+  def view_slots(self) -> int:
+    """M: the relaxed memory (S + H + T) or the dense warm-up (at most S + 1 + T frames), whichever is larger."""
+    return max(self.sink_frames + self.history_frames + self.tail_frames, self.sink_frames + 1 + self.tail_frames)
+
+  def init(self, geom: Geometry) -> Reservoir:
+    return init_reservoir(geom, self.capacity(geom.chunk_frames))
+
+  def position_span(self, total_frames: int, chunk_frames: int) -> int:
+    if self.positions == "hybrid":
+      return self.view_slots() + chunk_frames
+    return total_frames
+
+  # ------------------------------------------------------------------------------------------- selection
+
+  def begin_chunk(self, params, res: Reservoir, chunk: Chunk):
+    """Scores the candidates on the clean layer-0 keys already stored and fixes the chunk's memory view."""
+    s, h, t, m = self.sink_frames, self.history_frames, self.tail_frames, self.view_slots()
+    cap = res.capacity
+    c, f = chunk.start, chunk.frames
+    b = res.frame.shape[0]
+    local_start = jnp.minimum(c, self.reservoir_frames - f)  # the chunk's slot in upstream's cache
+    dense = local_start <= s + 1 + t
+
+    first_middle = jnp.maximum(s, c - (cap - s))  # the oldest non-sink frame still stored
+    n = jnp.maximum(c - t - first_middle, 0)
+    table = jnp.asarray(candidate_table(cap, self.num_candidates))
+    cand_mid = table[jnp.minimum(n, cap)]  # [C]
+    cand_ok = (cand_mid >= 0) & ~dense
+    cand_frame = jnp.where(cand_ok, first_middle + cand_mid, -1)
+
+    def proto(frames, weights):  # frames int [K], weights [K] -> [B, H]: pooled, normalised key means
+      slots = ring_slot(jnp.maximum(frames, 0), s, cap)
+      means = res.key_mean[:, jnp.minimum(slots, cap - 1)]  # [B, K, H]
+      w = weights.astype(jnp.float32)[None, :, None]
+      return _normalize((means * w).sum(1) / jnp.maximum(w.sum(1), 1.0))
+
+    sink_p = proto(jnp.arange(s, dtype=jnp.int32), jnp.ones((s,), bool))
+    tail_p = proto(c - t + jnp.arange(t, dtype=jnp.int32), jnp.ones((t,), bool))
+    cand_slots = ring_slot(jnp.maximum(cand_frame, 0), s, cap)
+    cand_p = _normalize(res.key_mean[:, jnp.minimum(cand_slots, cap - 1)])  # [B, C, H]
+    scores = (jnp.einsum("bch,bh->bc", cand_p, sink_p)
+              - params["lam"] * jnp.einsum("bch,bh->bc", cand_p, tail_p))
+    scores = jnp.where(cand_ok[None], scores, jnp.nan)
+    ranked = jnp.where(cand_ok[None], scores, -jnp.inf)
+    if self.selection == "batch0":
+      ranked = jnp.broadcast_to(ranked[:1], ranked.shape)
+    _, top = jax.lax.top_k(ranked, h)  # [B, H]
+    top = jnp.sort(top, axis=-1)  # upstream keeps the chosen indices in temporal order
+    hist_frame = jnp.where(jnp.take(cand_ok, top), jnp.take(cand_frame, top), -1)  # [B, H]
+
+    # The view: dense = frames 0..c-1 at their positions; relaxed = [sink, history, tail].
+    sink_frames = jnp.broadcast_to(jnp.arange(s, dtype=jnp.int32), (b, s))
+    tail_frames = jnp.broadcast_to(c - t + jnp.arange(t, dtype=jnp.int32), (b, t))
+    relaxed = jnp.concatenate([sink_frames, hist_frame, tail_frames], axis=1)
+    relaxed = jnp.pad(relaxed, ((0, 0), (0, m - relaxed.shape[1])), constant_values=-1)
+    dense_frames = jnp.where(jnp.arange(m) < c, jnp.arange(m, dtype=jnp.int32), -1)
+    frames = jnp.where(dense, jnp.broadcast_to(dense_frames, (b, m)), relaxed)  # [B, M]
+    valid = frames >= 0
+    if self.positions == "hybrid":
+      before_tail = c - t - (s + h)
+      hybrid = jnp.concatenate([before_tail + jnp.arange(s + h, dtype=jnp.int32), c - t + jnp.arange(t)])
+      hybrid = jnp.pad(hybrid, (0, m - hybrid.shape[0]), constant_values=-1)
+      pos = jnp.where(dense, frames, jnp.broadcast_to(hybrid, (b, m)))
+    else:
+      pos = frames
+    pos = jnp.where(valid, pos, -1)
+    slots = ring_slot(jnp.maximum(frames, 0), s, cap)
+    k, v = gather_slots(res, jnp.minimum(slots, cap - 1))
+    view = MemoryView(k, v, pos, valid)
+    trace = {"dense": dense, "num_middle": jnp.where(dense, 0, n), "candidates": cand_frame, "scores": scores,
+             "history": hist_frame, "memory_frames": frames, "memory_positions": pos,
+             "chunk_positions": chunk.positions, "sink_proto": sink_p, "tail_proto": tail_p,
+             "candidate_protos": cand_p}
+    return res, (view, trace)
+
+  def call_view(self, params, res, ctx, chunk: Chunk) -> CallView:
+    view, _ = ctx
+    return CallView(view, chunk.positions)
+
+  def end_chunk(self, params, res: Reservoir, ctx, kv, chunk: Chunk):
+    _, trace = ctx
+    return write_frames(res, kv, chunk.start, self.sink_frames), trace
+
+  def describe(self, chunk, trace, calls):
+    b0 = {k: np.asarray(v) for k, v in trace.items()}
+    cands = [int(x) for x in b0["candidates"] if x >= 0]
+    out = {"dense": bool(b0["dense"]), "memory_frames": [int(x) for x in b0["memory_frames"][0] if x >= 0],
+           "memory_positions": [int(x) for x in b0["memory_positions"][0] if x >= 0],
+           "chunk_positions": b0["chunk_positions"].tolist()}
+    if cands:
+      out.update(num_middle=int(b0["num_middle"]), candidates=cands,
+                 scores=[round(float(x), 6) for x in b0["scores"][0][:len(cands)]],
+                 history=[int(x) for x in b0["history"][0]])
+    return out

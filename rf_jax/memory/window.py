@@ -1,0 +1,92 @@
+"""Self-Forcing's KV cache as a policy: a window of recent frames with an optional attention sink.
+
+Upstream (guandeh17/Self-Forcing @33593df, `CausalWanSelfAttention._forward_inference`) keeps a cache of
+`local_attn_size` frames that includes the chunk being generated; once it is full, each new chunk evicts the oldest
+frames after the first `sink_size`, which stay for ever. Every frame attends to the whole cache at absolute
+positions. Here the chunk is the model's own and the memory holds the rest: a reservoir of `window_frames - F`
+slots (sink + ring), each frame written once with the keys of its clean refill call.
+
+Position schemes (`positions`):
+  absolute         the frame index (Self-Forcing, LongLive 1.0).
+  relocated_sink   the sink is placed right before the oldest non-sink frame of the window, so that every
+                   offset stays inside the window (Rolling Forcing, the attention-sink baseline).
+  window_relative  the sink keeps positions 0..S-1 and the rest of the window is numbered so that the chunk ends
+                   at window_frames - 1 (Infinity-RoPE's block-relativistic RoPE).
+Once the window is full, the two relative schemes coincide.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Literal
+
+import jax.numpy as jnp
+import numpy as np
+
+from rf_jax.memory.base import CallView, Chunk, Policy
+from rf_jax.memory.reservoir import Geometry, Reservoir, init_reservoir, write_frames
+from rf_jax.model.dit import MemoryView
+
+POSITIONS = ("absolute", "relocated_sink", "window_relative")
+
+
+@dataclasses.dataclass(frozen=True)
+class WindowPolicy(Policy):
+  window_frames: int = -1  # frames attended by a call, its own chunk included; -1 = the whole video
+  sink_frames: int = 0
+  positions: Literal["absolute", "relocated_sink", "window_relative"] = "absolute"
+
+  name = "window"
+
+  def validate(self, chunk_frames: int) -> None:
+    if self.positions not in POSITIONS:
+      raise ValueError(f"window: positions={self.positions!r}; expected one of {', '.join(POSITIONS)}")
+    if self.sink_frames < 0:
+      raise ValueError(f"window: sink_frames={self.sink_frames} must be >= 0")
+    if self.window_frames != -1 and self.window_frames < self.sink_frames + chunk_frames:
+      raise ValueError(f"window: window_frames={self.window_frames} must be -1 (global) or at least "
+                       f"sink_frames + chunk frames = {self.sink_frames + chunk_frames}")
+
+  def capacity(self, geom: Geometry) -> int:
+    if self.window_frames == -1:
+      return max(geom.total_frames - geom.chunk_frames, 1)
+    return max(self.window_frames - geom.chunk_frames, 1)
+
+  def init(self, geom: Geometry) -> Reservoir:
+    return init_reservoir(geom, self.capacity(geom))
+
+  def call_view(self, params, res: Reservoir, ctx, chunk: Chunk) -> CallView:
+    c, f, s = chunk.start, chunk.frames, self.sink_frames
+    valid = res.frame >= 0  # [B, R]
+    is_sink = res.frame < s
+    chunk_pos = chunk.positions
+    pos = res.frame
+    if self.positions == "relocated_sink":
+      oldest = jnp.min(jnp.where(valid & ~is_sink, res.frame, c), axis=1, keepdims=True)  # [B, 1]
+      pos = jnp.where(is_sink, oldest - s + res.frame, res.frame)
+    elif self.positions == "window_relative":
+      shift = res.capacity - c  # the chunk starts at window - F = capacity
+      pos = jnp.where(is_sink, res.frame, res.frame + shift)
+      chunk_pos = chunk_pos + shift
+    return CallView(MemoryView(res.k, res.v, jnp.where(valid, pos, -1), valid), chunk_pos)
+
+  def end_chunk(self, params, res: Reservoir, ctx, kv, chunk: Chunk):
+    view = self.call_view(params, res, ctx, chunk)
+    trace = {"memory_frames": res.frame, "memory_positions": view.memory.pos, "chunk_positions": view.chunk_pos}
+    return write_frames(res, kv, chunk.start, self.sink_frames), trace
+
+  def position_span(self, total_frames: int, chunk_frames: int) -> int:
+    if self.positions != "absolute" or (self.sink_frames == 0 and self.window_frames != -1):
+      return self.window_frames if self.window_frames != -1 else total_frames
+    return total_frames
+
+  def describe(self, chunk, trace, calls):
+    return describe_slots(trace)
+
+
+def describe_slots(trace) -> dict:
+  """The frames a chunk attended besides its own (batch element 0), oldest first, with their RoPE positions."""
+  frames, pos = np.asarray(trace["memory_frames"])[0], np.asarray(trace["memory_positions"])[0]
+  order = [i for i in np.argsort(frames, kind="stable") if frames[i] >= 0]
+  return {"memory_frames": [int(frames[i]) for i in order], "memory_positions": [int(pos[i]) for i in order],
+          "chunk_positions": np.asarray(trace["chunk_positions"]).tolist()}

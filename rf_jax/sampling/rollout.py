@@ -1,0 +1,258 @@
+"""The autoregressive rollout: chunk by chunk, few-step flow sampling against a structured KV memory.
+
+Per chunk of F frames starting at frame c (Self-Forcing's `CausalInferencePipeline`, spec causal_wan.md §6):
+
+    x = noise
+    for i, t_i in enumerate(timesteps):          # e.g. [1000, 937.5, 833.33, 625]
+      x0 = x - sigma(t_i) * DiT(x, t_i | memory)
+      x = (1 - sigma_{i+1}) * x0 + sigma_{i+1} * eps_i   if i < last      (fresh noise each step)
+    output = x0
+    DiT(x0, context_noise | memory) -> the chunk's clean keys/values, which the memory stores
+
+The memory policy fixes what the chunk sees (`begin_chunk`), may change it per call (`call_view`/`after_call`),
+and stores the refill keys (`end_chunk`). One jitted chunk step serves every chunk: the chunk index is traced, the
+memory state has one shape for the whole video, and it is donated to the next step.
+
+Letters: B batch, F chunk frames, (Hl, Wl) latent size, C channels, S denoising steps, L layers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from rf_jax.memory import Chunk, Geometry, Policy, check_position_span, rebase
+from rf_jax.model.attention import FrameKV
+from rf_jax.model.dit import CausalWanDiT, TextKV
+from rf_jax.sampling.schedule import FlowSchedule
+
+Array = jax.Array
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Sampler:
+  """The few-step sampler. `timesteps` are the model timesteps of the denoising calls (already warped)."""
+  timesteps: tuple[float, ...]
+  context_noise: float = 0.0
+  chunk_frames: int = 3
+  schedule: FlowSchedule = FlowSchedule()
+
+  def __post_init__(self):
+    if not self.timesteps:
+      raise ValueError("Sampler.timesteps is empty")
+    if self.chunk_frames < 1:
+      raise ValueError(f"Sampler.chunk_frames={self.chunk_frames} must be >= 1")
+
+  @classmethod
+  def from_steps(cls, steps=(1000, 750, 500, 250), *, warp: bool = True, shift: float = 5.0,
+                 context_noise: float = 0.0, chunk_frames: int = 3) -> "Sampler":
+    """Self-Forcing's step list: with `warp`, raw step s becomes the scheduler timestep at index 1000 - s."""
+    schedule = FlowSchedule(shift=shift)
+    steps = [float(s) for s in steps]
+    if warp:
+      _, table = schedule.tables()
+      n = schedule.num_train_timesteps
+      padded = np.concatenate([table, np.zeros(1, np.float32)])
+      for s in steps:
+        if not (0 <= s <= n and float(s).is_integer()):
+          raise ValueError(f"step {s} cannot be warped: warped steps are integers in [0, {n}]")
+      steps = [float(padded[n - int(s)]) for s in steps]
+    return cls(timesteps=tuple(steps), context_noise=float(context_noise), chunk_frames=chunk_frames,
+               schedule=schedule)
+
+
+class ChunkOut(NamedTuple):
+  latents: Array  # [B, F, Hl, Wl, C] the chunk's final x0
+  trace: dict  # the policy's per-chunk diagnostics (fixed shapes)
+  calls: dict  # per-call diagnostics stacked over the S + 1 calls
+  call_x0: Array | None  # [S + 1, B, F, Hl, Wl, C] every call's x0 (the refill's last), when recorded
+
+
+def _chunk_step(graphdef, policy: Policy, sampler: Sampler, record_calls: bool, counter: list,
+                model_state, params, mem_state, text: TextKV, chunk_index: Array, noise: Array, renoise: Array,
+                timesteps: Array):
+  counter[0] += 1  # runs once per trace, i.e. per compilation
+  model: CausalWanDiT = nnx.merge(graphdef, model_state)
+  f = sampler.chunk_frames
+  chunk = Chunk(jnp.asarray(chunk_index, jnp.int32) * f, f)
+  b = noise.shape[0]
+  n_steps = timesteps.shape[0]
+  mem_state, ctx = policy.begin_chunk(params, mem_state, chunk)
+
+  ts = jnp.concatenate([timesteps.astype(jnp.float32), jnp.full((1,), sampler.context_noise, jnp.float32)])
+  sig = sampler.schedule.sigma(ts)  # [S + 1]
+  eps = jnp.concatenate([renoise.astype(jnp.float32),
+                         jnp.zeros((2, *noise.shape), jnp.float32)])[:n_steps + 1]  # [S + 1, B, F, ...]
+  cfg = model.config
+  kv_shape = (cfg.num_layers, b, f, _tokens(cfg, noise.shape), cfg.num_heads, cfg.head_dim)
+  kv0 = FrameKV(jnp.zeros(kv_shape, model.dtype), jnp.zeros(kv_shape, model.dtype))
+
+  def call(carry, k):
+    x, st, out, _ = carry
+    view = rebase(policy.call_view(params, st, ctx, chunk))
+    t = jnp.full((b, f), ts[k])
+    if view.hook is None:
+      flow, kv = model(x, t, text, frame_pos=view.chunk_pos, self_mask=None, memory=view.memory)
+      aux = None
+    else:
+      flow, kv, aux = model.call_with_hook(x, t, text, frame_pos=view.chunk_pos, self_mask=None,
+                                           memory=view.memory, hook=view.hook)
+    st, call_trace = policy.after_call(params, st, ctx, aux)
+    x0 = x - sig[k] * flow  # [B, F, Hl, Wl, C] float32
+    nxt = jnp.where(k < n_steps - 1, (1 - sig[k + 1]) * x0 + sig[k + 1] * eps[k], x0)
+    out = jnp.where(k == n_steps - 1, x0, out)
+    return (nxt, st, out, kv), (x0 if record_calls else None, call_trace)
+
+  init = (noise.astype(jnp.float32), mem_state, jnp.zeros(noise.shape, jnp.float32), kv0)
+  (_, mem_state, latents, kv), (call_x0, calls) = jax.lax.scan(call, init, jnp.arange(n_steps + 1))
+  mem_state, trace = policy.end_chunk(params, mem_state, ctx, kv, chunk)
+  return mem_state, ChunkOut(latents, trace, calls, call_x0)
+
+
+def _tokens(cfg, latent_shape) -> int:
+  _, _, hl, wl, _ = latent_shape
+  return (hl // cfg.patch_size[1]) * (wl // cfg.patch_size[2])
+
+
+def chunk_noise(key: Array, chunk_index: Array, shape: tuple[int, ...], n_steps: int) -> tuple[Array, Array]:
+  """The chunk's initial noise [B, F, ...] and re-noise draws [S - 1, B, F, ...] from one key: a chunk's noise
+  depends only on (key, chunk index), never on how the rollout is split."""
+  k0, k1 = jax.random.split(jax.random.fold_in(key, chunk_index))
+  return (jax.random.normal(k0, shape, jnp.float32),
+          jax.random.normal(k1, (max(n_steps - 1, 0), *shape), jnp.float32))
+
+
+class Rollout:
+  """A compiled rollout of one model with one memory layout, sampler and latent geometry.
+
+  >>> r = Rollout(model, RelaxPolicy(), Sampler.from_steps(), batch=1, latent_hw=(60, 104), frames=240)
+  >>> latents, traces = r.run(context, key=jax.random.key(0))
+
+  `step` runs one chunk (jitted once, reused for every chunk); `run` loops over chunks on the host (for progress
+  and streaming output); `run_scan` puts the whole rollout inside one `lax.scan` (for sweeps under vmap/jit).
+  """
+
+  def __init__(self, model: CausalWanDiT, policy: Policy, sampler: Sampler, *, batch: int,
+               latent_hw: tuple[int, int], frames: int, record_calls: bool = False):
+    cfg = model.config
+    f = sampler.chunk_frames
+    if frames < f or frames % f:
+      raise ValueError(f"frames={frames} must be a positive multiple of the chunk's {f} frames")
+    hl, wl = latent_hw
+    if hl % cfg.patch_size[1] or wl % cfg.patch_size[2]:
+      raise ValueError(f"latent size {latent_hw} is not divisible by the patch {cfg.patch_size[1:]}")
+    policy.validate(f)
+    check_position_span(policy, frames, f)
+    self.model_config = cfg
+    self.policy = policy
+    self.sampler = sampler
+    self.batch = batch
+    self.latent_hw = (hl, wl)
+    self.frames = frames
+    self.num_chunks = frames // f
+    self.geometry = Geometry(cfg.num_layers, batch, _tokens(cfg, (1, 1, hl, wl, 1)), cfg.num_heads, cfg.head_dim,
+                             f, frames, model.dtype)
+    self.graphdef, self.model_state = nnx.split(model)
+    self.params = policy.params()
+    self.timesteps = jnp.asarray(sampler.timesteps, jnp.float32)
+    self._traces = [0]
+    step = functools.partial(_chunk_step, self.graphdef, policy.static_part(), sampler, record_calls, self._traces)
+    self._step = jax.jit(step, donate_argnums=(2,))
+    self._text = jax.jit(lambda state, context: nnx.merge(self.graphdef, state).text_kv(context))
+    self._noise = jax.jit(functools.partial(chunk_noise, n_steps=len(sampler.timesteps)),
+                          static_argnames=("shape",))
+
+  @property
+  def compile_count(self) -> int:
+    """How many times the chunk step was traced (= compiled)."""
+    return self._traces[0]
+
+  @property
+  def chunk_shape(self) -> tuple[int, ...]:
+    return (self.batch, self.sampler.chunk_frames, *self.latent_hw, self.model_config.in_dim)
+
+  def init_state(self):
+    return jax.jit(lambda: self.policy.init(self.geometry))()
+
+  def text_kv(self, context: Array) -> TextKV:
+    if context.ndim != 3 or context.shape[0] != self.batch:
+      raise ValueError(f"context has shape {context.shape}; expected [B={self.batch}, P, text_dim]")
+    return self._text(self.model_state, jnp.asarray(context))
+
+  def step(self, state, text: TextKV, chunk_index: int, noise: Array, renoise: Array, params=None):
+    """One chunk: returns (new state, ChunkOut). `state` is donated."""
+    params = self.params if params is None else params
+    return self._step(self.model_state, params, state, text, jnp.asarray(chunk_index, jnp.int32),
+                      noise, renoise, self.timesteps)
+
+  def noise(self, key: Array, chunk_index: int) -> tuple[Array, Array]:
+    return self._noise(key, jnp.asarray(chunk_index, jnp.int32), shape=self.chunk_shape)
+
+  def run(self, context: Array, *, key: Array | None = None, noise: Array | None = None,
+          renoise: Array | None = None, params=None,
+          on_chunk: Callable[[int, ChunkOut], None] | None = None) -> tuple[np.ndarray | None, list]:
+    """The whole video, chunk by chunk. Noise comes from `key`, or from explicit arrays (to reproduce a reference):
+    `noise` [B, frames, Hl, Wl, C] and `renoise` [chunks, S - 1, B, F, Hl, Wl, C].
+
+    With `on_chunk`, each finished chunk is handed over (one chunk behind the device, so it never waits) and
+    nothing is kept; otherwise returns (latents [B, frames, Hl, Wl, C], list of ChunkOut on the host).
+    """
+    if (key is None) == (noise is None):
+      raise ValueError("give either key or noise (and renoise)")
+    f = self.sampler.chunk_frames
+    if noise is not None:
+      expected = (self.batch, self.frames, *self.latent_hw, self.model_config.in_dim)
+      if tuple(noise.shape) != expected:
+        raise ValueError(f"noise has shape {tuple(noise.shape)}; expected {expected}")
+      steps = len(self.sampler.timesteps)
+      if renoise is None or tuple(renoise.shape) != (self.num_chunks, steps - 1, *self.chunk_shape):
+        raise ValueError(f"renoise has shape {None if renoise is None else tuple(renoise.shape)}; expected "
+                         f"{(self.num_chunks, steps - 1, *self.chunk_shape)}")
+    text = self.text_kv(context)
+    state = self.init_state()
+    kept: list[ChunkOut] = []
+    pending: tuple[int, ChunkOut] | None = None
+
+    def hand_over(j, out):
+      out = jax.tree.map(np.asarray, out)
+      if on_chunk is not None:
+        on_chunk(j, out)
+      else:
+        kept.append(out)
+
+    for j in range(self.num_chunks):
+      if noise is not None:
+        x, eps = jnp.asarray(noise[:, j * f:(j + 1) * f]), jnp.asarray(renoise[j])
+      else:
+        x, eps = self.noise(key, j)
+      state, out = self.step(state, text, j, x, eps, params)
+      if pending is not None:
+        hand_over(*pending)
+      pending = (j, out)
+    hand_over(*pending)
+    self.final_state = state
+    if on_chunk is not None:
+      return None, []
+    return np.concatenate([o.latents for o in kept], axis=1), kept
+
+  def run_scan(self, context: Array, key: Array, params=None):
+    """The whole rollout as one traced function (lax.scan over chunks): (latents, stacked traces). Jit or vmap it
+    for sweeps; the policy scalars in `params` may be traced."""
+    params = self.params if params is None else params
+    text = self.text_kv(context) if not isinstance(context, TextKV) else context
+    step = functools.partial(_chunk_step, self.graphdef, self.policy.static_part(), self.sampler, False, [0])
+
+    def body(state, j):
+      x, eps = chunk_noise(key, j, self.chunk_shape, len(self.sampler.timesteps))
+      state, out = step(self.model_state, params, state, text, j, x, eps, self.timesteps)
+      return state, (out.latents, out.trace)
+
+    _, (lat, traces) = jax.lax.scan(body, self.policy.init(self.geometry), jnp.arange(self.num_chunks))
+    lat = jnp.moveaxis(lat, 0, 1)  # [B, chunks, F, ...]
+    return lat.reshape(self.batch, self.frames, *lat.shape[3:]), traces
