@@ -82,12 +82,17 @@ def cmd_inspect(args) -> int:
 
 def cmd_check_reference(args) -> int:
   from rf_jax.reference_check import check_reference
-  results, notes = check_reference(args.dir, tolerance=args.tolerance)
+  results, notes = check_reference(args.dir, tolerance=args.tolerance, abs_tolerance=args.abs_tolerance)
   for note in notes:
     print(f"note: {note}", file=sys.stderr)
-  max_err = max(r.rel_err for r in results)
-  passed = all(r.passed for r in results)
-  print(json.dumps({"max_rel_err": max_err, "passed": passed}))
+  summary = {"compared": len(results), "passed": all(r.passed for r in results),
+             "failed": [r.name for r in results if not r.passed]}
+  for metric in ("rel_err", "max_abs", "mismatch"):
+    values = [r.value for r in results if r.metric == metric]
+    if values:
+      summary[f"worst_{metric}"] = max(values)
+  print(json.dumps(summary))
+  passed = summary["passed"]
   return 0 if passed else 1
 
 
@@ -159,7 +164,10 @@ def build_parser() -> argparse.ArgumentParser:
 
   p = sub.add_parser("check-reference", help="compare the port with a folder of PyTorch reference outputs")
   p.add_argument("dir")
-  p.add_argument("--tolerance", type=float, default=1e-4, help="relative-error threshold (default 1e-4)")
+  p.add_argument("--tolerance", type=float, default=1e-4,
+                 help="relative-error threshold for forward-pass arrays (default 1e-4)")
+  p.add_argument("--abs-tolerance", type=float, default=1e-5,
+                 help="max-absolute-difference threshold for rollout arrays (default 1e-5)")
   p.set_defaults(func=cmd_check_reference)
 
   p = sub.add_parser("forward", help="block-causal forward of a model on seeded random inputs (smoke run)")

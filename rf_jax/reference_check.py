@@ -4,8 +4,10 @@ A reference folder holds `config.json` (`constructor_args`, geometry, `scheduler
 (PyTorch state-dict keys) and any of:
   rope.npz           `causal_rope_apply` at start frames 0 and 7, and the float64 `freqs` table
   forward_train.npz  one block-causal training-style forward with its intermediate activations
-Each compared array gets one line: name, relative error ||out - ref|| / ||ref||, and PASS/FAIL at the tolerance.
-Boolean arrays are compared by the fraction of entries that differ.
+  rollout.npz        an autoregressive rollout with its memory policy (see `reference_rollout`)
+Each compared array gets one line: name, metric, and PASS/FAIL at the tolerance. Forward arrays use the relative
+error ||out - ref|| / ||ref||; rollout arrays the max absolute difference; integer and boolean arrays (selections,
+promotions, slot tables, masks) must match exactly.
 """
 
 from __future__ import annotations
@@ -22,21 +24,45 @@ from flax import nnx
 
 from rf_jax.config import ModelConfig, from_constructor_args, memory_args_from_constructor_args
 
-DEFAULT_TOLERANCE = 1e-4
+DEFAULT_TOLERANCE = 1e-4  # relative error of forward-pass arrays
+DEFAULT_ABS_TOLERANCE = 1e-5  # max |difference| of rollout arrays (a wrong memory decision moves them by > 1e-2)
 
 
 @dataclasses.dataclass(frozen=True)
 class Comparison:
+  """One compared array: `metric` is rel_err (||out - ref|| / ||ref||), max_abs (max |out - ref|, NaNs must sit
+  in the same places) or mismatch (fraction of integer/boolean entries that differ; tolerance 0)."""
   name: str
   rel_err: float
   tolerance: float
+  metric: str = "rel_err"
+
+  @property
+  def value(self) -> float:
+    return self.rel_err
 
   @property
   def passed(self) -> bool:
     return bool(np.isfinite(self.rel_err) and self.rel_err <= self.tolerance)
 
   def line(self) -> str:
-    return f"{self.name:<36s} rel_err={self.rel_err:.3e}  {'PASS' if self.passed else 'FAIL'}"
+    return f"{self.name:<40s} {self.metric}={self.rel_err:.3e}  {'PASS' if self.passed else 'FAIL'}"
+
+
+def max_abs_error(out: np.ndarray, ref: np.ndarray) -> float:
+  """max |out - ref| over the finite entries of ref; inf if the shapes or the NaN patterns differ."""
+  out, ref = np.asarray(out, np.float64), np.asarray(ref, np.float64)
+  if out.shape != ref.shape or not np.array_equal(np.isnan(out), np.isnan(ref)):
+    return float("inf")
+  finite = ~np.isnan(ref)
+  return float(np.max(np.abs(out[finite] - ref[finite]), initial=0.0))
+
+
+def mismatch(out: np.ndarray, ref: np.ndarray) -> float:
+  out, ref = np.asarray(out), np.asarray(ref)
+  if out.shape != ref.shape:
+    return float("inf")
+  return float(np.mean(out != ref)) if ref.size else 0.0
 
 
 def relative_error(out: np.ndarray, ref: np.ndarray) -> float:
@@ -151,26 +177,37 @@ def check_forward(ref: ReferenceFolder, z: dict, model, tol: float) -> Iterator[
 
 
 def check_reference(path: str | os.PathLike, *, tolerance: float = DEFAULT_TOLERANCE,
+                    abs_tolerance: float = DEFAULT_ABS_TOLERANCE,
                     emit: Callable[[str], None] = print) -> tuple[list[Comparison], list[str]]:
   """Runs every check the folder has files for. Returns (comparisons, notes about files not checked)."""
+  from rf_jax.reference_rollout import check_rollout, unchecked_arrays
   ref = ReferenceFolder.open(path)
   results: list[Comparison] = []
   notes: list[str] = []
+  known = ("rope.npz", "forward_train.npz", "rollout.npz")
+
+  def run(checks):
+    for c in checks:
+      emit(c.line())
+      results.append(c)
+
   with jax.default_matmul_precision("highest"):
     rope = ref.npz("rope.npz")
     if rope is not None:
-      for c in check_rope(ref, rope, tolerance):
-        emit(c.line())
-        results.append(c)
+      run(check_rope(ref, rope, tolerance))
     forward = ref.npz("forward_train.npz")
+    rollout = ref.npz("rollout.npz")
+    model = ref.load_model() if forward is not None or rollout is not None else None
     if forward is not None:
-      model = ref.load_model()
-      for c in check_forward(ref, forward, model, tolerance):
-        emit(c.line())
-        results.append(c)
+      run(check_forward(ref, forward, model, tolerance))
+    if rollout is not None:
+      run(check_rollout(ref, rollout, model, abs_tolerance))
+      left = unchecked_arrays(rollout, results)
+      if left:
+        notes.append(f"rollout.npz: not compared: {', '.join(left)}")
   for name in sorted(os.listdir(ref.path)):
-    if name.endswith(".npz") and name not in ("rope.npz", "forward_train.npz"):
+    if name.endswith(".npz") and name not in known:
       notes.append(f"{name}: not checked by this version of rf_jax")
   if not results:
-    raise ValueError(f"{ref.path}: nothing to compare (no rope.npz or forward_train.npz)")
+    raise ValueError(f"{ref.path}: nothing to compare (no rope.npz, forward_train.npz or rollout.npz)")
   return results, notes

@@ -140,11 +140,7 @@ class RelaxPolicy(Policy):
     scores = (jnp.einsum("bch,bh->bc", cand_p, sink_p)
               - params["lam"] * jnp.einsum("bch,bh->bc", cand_p, tail_p))
     scores = jnp.where(cand_ok[None], scores, jnp.nan)
-    ranked = jnp.where(cand_ok[None], scores, -jnp.inf)
-    if self.selection == "batch0":
-      ranked = jnp.broadcast_to(ranked[:1], ranked.shape)
-    _, top = jax.lax.top_k(ranked, h)  # [B, H]
-    top = jnp.sort(top, axis=-1)  # upstream keeps the chosen indices in temporal order
+    top = self.choose(scores, cand_ok, cand_frame, chunk)  # [B, H] candidate indices
     hist_frame = jnp.where(jnp.take(cand_ok, top), jnp.take(cand_frame, top), -1)  # [B, H]
 
     # The view: dense = frames 0..c-1 at their positions; relaxed = [sink, history, tail].
@@ -171,6 +167,14 @@ class RelaxPolicy(Policy):
              "chunk_positions": chunk.positions, "sink_proto": sink_p, "tail_proto": tail_p,
              "candidate_protos": cand_p}
     return res, (view, trace)
+
+  def choose(self, scores: Array, cand_ok: Array, cand_frame: Array, chunk: Chunk) -> Array:
+    """The top-H candidates by score: scores [B, C] (NaN where no candidate) -> indices [B, H], in temporal order."""
+    ranked = jnp.where(cand_ok[None], scores, -jnp.inf)
+    if self.selection == "batch0":
+      ranked = jnp.broadcast_to(ranked[:1], ranked.shape)
+    _, top = jax.lax.top_k(ranked, self.history_frames)
+    return jnp.sort(top, axis=-1)
 
   def call_view(self, params, res, ctx, chunk: Chunk) -> CallView:
     view, _ = ctx
