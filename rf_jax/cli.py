@@ -1,4 +1,4 @@
-"""The `rf-jax` command line: convert, inspect, check-reference, forward."""
+"""The `rf-jax` command line: convert, inspect, check-reference, generate, forward."""
 
 from __future__ import annotations
 
@@ -140,6 +140,52 @@ def cmd_forward(args) -> int:
   return 0
 
 
+# generate's policy options: flag -> memory-block key. Only the flags given are passed to the policy, which rejects
+# settings it does not have.
+_POLICY_FLAGS = {
+    "window_frames": "window_frames", "sink_frames": "sink_frames", "positions": "positions",
+    "history_frames": "history_frames", "tail_frames": "tail_frames", "num_candidates": "num_candidates",
+    "lam": "lambda", "reservoir_frames": "reservoir_frames", "selection": "selection",
+    "slow_frames": "slow_frames", "fast_frames": "fast_frames", "rope_length": "rope_length",
+    "threshold": "threshold", "mode": "mode",
+}
+
+
+def cmd_generate(args) -> int:
+  import jax.numpy as jnp
+  from flax import nnx
+  from rf_jax import checkpoint
+  from rf_jax.generate import GenerateSpec, generate, load_text_embeddings
+  from rf_jax.memory import policy_from_dict
+  from rf_jax.model import CausalWanDiT
+  from rf_jax.sampling import Sampler
+  block = {"policy": args.memory}
+  for attr, key in _POLICY_FLAGS.items():
+    if getattr(args, attr) is not None:
+      block[key] = getattr(args, attr)
+  policy = policy_from_dict(block, source="--memory options")
+  sampler = Sampler.from_steps(args.steps, warp=not args.no_warp, shift=args.shift, context_noise=args.context_noise,
+                               chunk_frames=args.chunk_frames)
+  dtype = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[args.compute_dtype]
+  if args.checkpoint:
+    model = checkpoint.load_model(args.checkpoint, dtype=dtype)
+    source = {"checkpoint": os.path.abspath(args.checkpoint)}
+  else:
+    model = CausalWanDiT(resolve_config(args.preset), dtype=dtype, rngs=nnx.Rngs(args.seed))
+    source = {"preset": args.preset, "weights": f"random (seed {args.seed})"}
+  latent_hw = tuple(args.latent_hw) if args.latent_hw else ((8, 8) if args.preset == "tiny" and not args.checkpoint
+                                                            else (60, 104))
+  cfg = model.config
+  text = (load_text_embeddings(args.text_embeddings, args.batch, cfg.text_len, cfg.text_dim)
+          if args.text_embeddings else None)
+  spec = GenerateSpec(frames=args.frames, seed=args.seed, batch=args.batch, latent_hw=latent_hw)
+  summary = generate(model, policy, sampler, spec, args.out, text_embeddings=text, force=args.force,
+                     progress=not args.quiet, extra_summary={"source": source})
+  print(json.dumps({k: summary[k] for k in ("frames", "chunks", "compile_count", "seconds", "peak_bytes",
+                                            "peak_bytes_source")} | {"out": os.path.abspath(args.out)}))
+  return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(prog="rf-jax", description=__doc__)
   sub = parser.add_subparsers(dest="command", required=True)
@@ -169,6 +215,44 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--abs-tolerance", type=float, default=1e-5,
                  help="max-absolute-difference threshold for rollout arrays (default 1e-5)")
   p.set_defaults(func=cmd_check_reference)
+
+  p = sub.add_parser("generate", help="generate a video's latents autoregressively with a KV-memory policy")
+  src = p.add_mutually_exclusive_group()
+  src.add_argument("--checkpoint", help="rf_jax checkpoint folder (from `rf-jax convert`)")
+  src.add_argument("--preset", default="tiny", help="random weights of a preset (default tiny)")
+  p.add_argument("--memory", choices=["window", "relax", "slow_fast"], default="relax")
+  g = p.add_argument_group("memory options (each policy takes its own; see README)")
+  g.add_argument("--window-frames", type=int, help="window: frames attended incl. the chunk; -1 = all")
+  g.add_argument("--sink-frames", type=int, help="window / relax / slow_fast: frames kept from the start")
+  g.add_argument("--positions", help="window: absolute|relocated_sink|window_relative; relax: hybrid|absolute")
+  g.add_argument("--history-frames", type=int, help="relax: history frames picked per chunk (default 1)")
+  g.add_argument("--tail-frames", type=int, help="relax: frames right before the chunk (default 1)")
+  g.add_argument("--num-candidates", type=int, help="relax: history candidates per chunk (default 4)")
+  g.add_argument("--lambda", dest="lam", type=float, help="relax: redundancy weight (default 2.0)")
+  g.add_argument("--reservoir-frames", type=int, help="relax: candidate reservoir incl. the chunk (default 120)")
+  g.add_argument("--selection", help="relax: per_sample (default) | batch0 (upstream: sample 0 picks for all)")
+  g.add_argument("--slow-frames", type=int, help="slow_fast: promoted-frame capacity (default 12)")
+  g.add_argument("--fast-frames", type=int, help="slow_fast: recent window incl. the chunk (default 6)")
+  g.add_argument("--rope-length", type=int, help="slow_fast: positions stay below this (default 21)")
+  g.add_argument("--threshold", type=float, help="slow_fast: promote when similarity < threshold (default 0.95)")
+  g.add_argument("--mode", help="slow_fast: clean (default) | upstream")
+  p.add_argument("--frames", type=int, default=21, help="latent frames (a multiple of --chunk-frames)")
+  p.add_argument("--seed", type=int, default=0, help="noise (and, without a checkpoint, weights and text)")
+  p.add_argument("--text-embeddings", help=".npy of umT5 embeddings [P, text_dim] or [B, P, text_dim]")
+  p.add_argument("--batch", type=int, default=1)
+  p.add_argument("--latent-hw", type=int, nargs=2, metavar=("H", "W"),
+                 help="latent size (default 60 104 = 480x832 video; 8 8 for the tiny preset)")
+  p.add_argument("--chunk-frames", type=int, default=3)
+  p.add_argument("--steps", type=float, nargs="+", default=[1000, 750, 500, 250],
+                 help="denoising steps (raw; warped through the schedule unless --no-warp)")
+  p.add_argument("--no-warp", action="store_true", help="use --steps as model timesteps directly")
+  p.add_argument("--shift", type=float, default=5.0, help="timestep shift of the flow schedule")
+  p.add_argument("--context-noise", type=float, default=0.0, help="timestep of the cache-refill call")
+  p.add_argument("--compute-dtype", choices=["float32", "bfloat16"], default="float32")
+  p.add_argument("--out", required=True, help="output folder")
+  p.add_argument("--force", action="store_true", help="replace an existing --out")
+  p.add_argument("--quiet", action="store_true", help="no progress bar")
+  p.set_defaults(func=cmd_generate)
 
   p = sub.add_parser("forward", help="block-causal forward of a model on seeded random inputs (smoke run)")
   src = p.add_mutually_exclusive_group()

@@ -1,0 +1,181 @@
+"""`rf-jax generate`: a whole video's latents from a model, a memory policy and a seed.
+
+Outputs (written into a temporary folder beside OUT and renamed into place at the end, so a killed run leaves no
+half-written OUT):
+  latents.npy        float32 [B, frames, C, H, W] (the PyTorch pipeline's layout), streamed chunk by chunk
+  memory_trace.json  per chunk: what the memory held, the RoPE positions, candidates/scores/choice, promotions
+  summary.json       frames, chunks, policy, compile_count, seconds, peak_bytes (+ where it was measured), ...
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from rf_jax.checkpoint import atomic_directory, write_json_atomic
+from rf_jax.memory import Policy, policy_to_dict
+from rf_jax.sampling import Rollout, Sampler
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class GenerateSpec:
+  frames: int
+  seed: int = 0
+  batch: int = 1
+  latent_hw: tuple[int, int] = (60, 104)
+
+
+def load_text_embeddings(path: str, batch: int, text_len: int, text_dim: int) -> np.ndarray:
+  """A .npy of [P, text_dim] or [B, P, text_dim] (P <= text_len) -> float32 [B, P, text_dim]."""
+  try:
+    arr = np.load(path, allow_pickle=False)
+  except FileNotFoundError:
+    raise ValueError(f"--text-embeddings {path}: no such file") from None
+  except ValueError as e:
+    raise ValueError(f"--text-embeddings {path}: not a plain .npy array ({e})") from None
+  if arr.ndim == 2:
+    arr = np.broadcast_to(arr, (batch, *arr.shape))
+  if arr.ndim != 3 or arr.shape[0] != batch or arr.shape[1] > text_len or arr.shape[2] != text_dim:
+    raise ValueError(f"--text-embeddings {path}: shape {arr.shape}; expected [P, {text_dim}] or "
+                     f"[{batch}, P, {text_dim}] with P <= {text_len}")
+  if not np.issubdtype(arr.dtype, np.floating) or not np.all(np.isfinite(arr)):
+    raise ValueError(f"--text-embeddings {path}: expected finite floating-point values, got {arr.dtype}")
+  return np.ascontiguousarray(arr, np.float32)
+
+
+def peak_bytes() -> tuple[int, str]:
+  """Peak device memory where the backend reports it, else the process's peak resident set."""
+  stats = jax.devices()[0].memory_stats() or {}
+  if "peak_bytes_in_use" in stats:
+    return int(stats["peak_bytes_in_use"]), f"device:{jax.devices()[0].platform}"
+  return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024, "host_rss"
+
+
+def git_commit() -> str | None:
+  try:
+    here = os.path.dirname(os.path.abspath(__file__))
+    out = subprocess.run(["git", "-C", here, "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                         timeout=5)
+    return out.stdout.strip() or None
+  except (OSError, subprocess.SubprocessError):
+    return None
+
+
+class _LatentWriter:
+  """Writes [B, frames, C, H, W] float32 into a .npy chunk by chunk with positioned writes (nothing kept in RAM)."""
+
+  def __init__(self, path: str, shape: tuple[int, ...]):
+    self.shape = shape
+    with open(path, "wb") as f:
+      np.lib.format.write_array_header_1_0(f, {"descr": np.lib.format.dtype_to_descr(np.dtype(np.float32)),
+                                               "fortran_order": False, "shape": shape})
+      self.offset = f.tell()
+      f.truncate(self.offset + int(np.prod(shape)) * 4)
+    self.fd = os.open(path, os.O_WRONLY)
+    self.frame_bytes = int(np.prod(shape[2:])) * 4
+
+  def write(self, first_frame: int, chunk: np.ndarray) -> None:
+    """chunk: [B, F, C, H, W]."""
+    b, f = chunk.shape[:2]
+    for i in range(b):
+      at = self.offset + (i * self.shape[1] + first_frame) * self.frame_bytes
+      os.pwrite(self.fd, np.ascontiguousarray(chunk[i], np.float32).tobytes(), at)
+
+  def close(self) -> None:
+    os.fsync(self.fd)
+    os.close(self.fd)
+
+
+class _Progress:
+  def __init__(self, total: int, enabled: bool):
+    self.total, self.enabled, self.t0 = total, enabled, time.perf_counter()
+
+  def update(self, done: int) -> None:
+    if not self.enabled:
+      return
+    now = time.perf_counter()
+    if done == 1:
+      self.first = now
+    elapsed = now - self.t0
+    width = 30
+    filled = int(width * done / self.total)
+    rate = (f"{(now - self.first) / (done - 1) * 1e3:.1f} ms/chunk after compile" if done > 1
+            else "(compiled)")
+    sys.stderr.write(f"\r  chunk {done}/{self.total} [{'#' * filled}{'.' * (width - filled)}] "
+                     f"{elapsed:.1f}s {rate}   ")
+    if done == self.total:
+      sys.stderr.write("\n")
+    sys.stderr.flush()
+
+
+def generate(model, policy: Policy, sampler: Sampler, spec: GenerateSpec, out: str, *,
+             text_embeddings: np.ndarray | None = None, force: bool = False, progress: bool = True,
+             extra_summary: dict[str, Any] | None = None) -> dict[str, Any]:
+  """Runs the rollout and writes OUT atomically; returns the summary."""
+  cfg = model.config
+  f = sampler.chunk_frames
+  if spec.frames < 1:
+    raise ValueError(f"--frames {spec.frames} must be positive")
+  # The last chunk is generated whole; frames past --frames are dropped.
+  generated = -(-spec.frames // f) * f
+  rollout = Rollout(model, policy, sampler, batch=spec.batch, latent_hw=spec.latent_hw, frames=generated)
+  key = jax.random.key(spec.seed)
+  noise_key, text_key = jax.random.split(key)
+  if text_embeddings is None:  # a seeded random prompt: a preset runs out of the box
+    context = jax.random.normal(text_key, (spec.batch, cfg.text_len, cfg.text_dim), jnp.float32)
+    text_source = f"random (seed {spec.seed})"
+  else:
+    context = jnp.asarray(text_embeddings)
+    text_source = "file"
+  hl, wl = spec.latent_hw
+  shape = (spec.batch, spec.frames, cfg.out_dim, hl, wl)
+  chunks: list[dict[str, Any]] = []
+  times: list[float] = []
+  bar = _Progress(rollout.num_chunks, progress)
+
+  with atomic_directory(out, force=force) as tmp:
+    writer = _LatentWriter(os.path.join(tmp, "latents.npy"), shape)
+    t0 = time.perf_counter()
+
+    def on_chunk(j, chunk_out):
+      keep = min(f, spec.frames - j * f)
+      writer.write(j * f, np.moveaxis(chunk_out.latents[:, :keep], -1, 2))  # [B, F, H, W, C] -> [B, F, C, H, W]
+      chunks.append({"chunk": j, "frames": [j * f, j * f + f - 1],
+                     **policy.describe(j, chunk_out.trace, chunk_out.calls)})
+      times.append(time.perf_counter())
+      bar.update(j + 1)
+
+    rollout.run(context, key=noise_key, on_chunk=on_chunk)
+    seconds = time.perf_counter() - t0
+    writer.close()
+    peak, peak_source = peak_bytes()
+    intervals = np.diff(times) if len(times) > 1 else np.array([])
+    summary = {
+        "frames": spec.frames, "generated_frames": generated, "chunks": rollout.num_chunks, "chunk_frames": f,
+        "batch": spec.batch,
+        "latent_hw": list(spec.latent_hw), "seed": spec.seed, "text": text_source,
+        "policy": policy_to_dict(policy), "sampler": {"timesteps": list(sampler.timesteps),
+                                                      "context_noise": sampler.context_noise,
+                                                      "shift": sampler.schedule.shift},
+        "compile_count": rollout.compile_count, "seconds": round(seconds, 3),
+        "first_chunk_seconds": round(times[0] - t0, 3),
+        "steady_seconds_per_chunk": round(float(np.median(intervals)), 4) if intervals.size else None,
+        "peak_bytes": peak, "peak_bytes_source": peak_source,
+        "latents": {"file": "latents.npy", "shape": list(shape), "layout": "B F C H W", "dtype": "float32"},
+        "model": cfg.to_dict(), "compute_dtype": str(jnp.dtype(model.dtype)),
+        "device": str(jax.devices()[0]), "jax": jax.__version__, "commit": git_commit(),
+        **(extra_summary or {}),
+    }
+    write_json_atomic(os.path.join(tmp, "memory_trace.json"), {"policy": policy_to_dict(policy), "chunks": chunks})
+    write_json_atomic(os.path.join(tmp, "summary.json"), summary)
+  return summary
