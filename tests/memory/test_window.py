@@ -1,0 +1,63 @@
+"""Self-Forcing's window as a policy: which frames a chunk sees, and where its position schemes put them."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from rf_jax.memory import Chunk, WindowPolicy, policy_from_dict
+from rf_jax.memory.reservoir import Geometry, write_frames
+from rf_jax.model.attention import FrameKV
+
+F = 3
+GEOM = Geometry(1, 1, 1, 1, 2, F, 60)
+
+
+def views(policy, frames=60):
+  """Memory frames and positions seen by each chunk (batch element 0), chunk positions."""
+  res = policy.init(GEOM)
+  out = []
+  view_fn = jax.jit(lambda r, c: policy.call_view(policy.params(), r, None, Chunk(c, F)))
+  for c in range(0, frames, F):
+    v = view_fn(res, jnp.int32(c))
+    valid = np.asarray(v.memory.valid[0])
+    out.append((np.asarray(res.frame[0])[valid].tolist(), np.asarray(v.memory.pos[0])[valid].tolist(),
+                np.asarray(v.chunk_pos).tolist()))
+    kv = FrameKV(jnp.zeros((1, 1, F, 1, 1, 2)), jnp.zeros((1, 1, F, 1, 1, 2)))
+    res = write_frames(res, kv, c, policy.sink_frames)
+  return out
+
+
+@pytest.mark.parametrize("window,sink", [(6, 2), (5, 1), (21, 0), (12, 3), (-1, 0)])
+def test_a_chunk_sees_the_sink_and_the_most_recent_frames_of_upstreams_cache(window, sink):
+  for j, (frames, pos, chunk_pos) in enumerate(views(WindowPolicy(window_frames=window, sink_frames=sink))):
+    c = j * F
+    # upstream: the cache holds `window` frames including the chunk: the sink and then the newest others.
+    recent = c if window == -1 else window - F - min(sink, c)
+    expected = sorted(set(range(min(sink, c))) | set(range(max(min(sink, c), c - recent), c)))
+    assert sorted(frames) == expected, (j, frames)
+    assert sorted(pos) == expected and chunk_pos == [c, c + 1, c + 2]  # absolute positions
+
+
+def test_relative_position_schemes():
+  reloc = views(WindowPolicy(window_frames=12, sink_frames=3, positions="relocated_sink"))
+  rel = views(WindowPolicy(window_frames=12, sink_frames=3, positions="window_relative"))
+  frames, pos, chunk_pos = reloc[10]  # c = 30: memory = sink 0..2 + frames 24..29
+  by_frame = dict(zip(frames, pos))
+  assert [by_frame[f] for f in (0, 1, 2)] == [21, 22, 23] and by_frame[24] == 24 and chunk_pos == [30, 31, 32]
+  frames, pos, chunk_pos = rel[10]
+  by_frame = dict(zip(frames, pos))
+  assert [by_frame[f] for f in (0, 1, 2, 24, 29)] == [0, 1, 2, 3, 8] and chunk_pos == [9, 10, 11]
+  for (fa, pa, ca), (fb, pb, cb) in zip(reloc[3:], rel[3:]):  # once full, the two differ by one shift
+    shift = ca[0] - cb[0]
+    assert fa == fb and [p - shift for p in pa] == pb
+
+
+def test_policy_from_dict_errors_name_the_key():
+  assert policy_from_dict({"policy": "window", "window_frames": 6, "sink_frames": 2}) == WindowPolicy(6, 2)
+  with pytest.raises(ValueError, match="'history_frames'"):
+    policy_from_dict({"policy": "window", "history_frames": 1})
+  with pytest.raises(ValueError, match="unknown policy 'lru'"):
+    policy_from_dict({"policy": "lru"})
+  with pytest.raises(ValueError, match="window_frames=4"):
+    WindowPolicy(window_frames=4, sink_frames=2).validate(F)
