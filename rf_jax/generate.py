@@ -43,10 +43,11 @@ def load_text_embeddings(path: str, batch: int, text_len: int, text_dim: int) ->
     raise ValueError(f"--text-embeddings {path}: no such file") from None
   except ValueError as e:
     raise ValueError(f"--text-embeddings {path}: not a plain .npy array ({e})") from None
+  stored = arr.shape
   if arr.ndim == 2:
     arr = np.broadcast_to(arr, (batch, *arr.shape))
   if arr.ndim != 3 or arr.shape[0] != batch or arr.shape[1] > text_len or arr.shape[2] != text_dim:
-    raise ValueError(f"--text-embeddings {path}: shape {arr.shape}; expected [P, {text_dim}] or "
+    raise ValueError(f"--text-embeddings {path}: shape {stored}; expected [P, {text_dim}] or "
                      f"[{batch}, P, {text_dim}] with P <= {text_len}")
   if not np.issubdtype(arr.dtype, np.floating) or not np.all(np.isfinite(arr)):
     raise ValueError(f"--text-embeddings {path}: expected finite floating-point values, got {arr.dtype}")

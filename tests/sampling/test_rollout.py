@@ -1,0 +1,134 @@
+"""The rollout: equivalence with the block-causal forward, one compilation for every chunk, keys vs explicit noise,
+scan for sweeps, and a long run past the reference's 1,024-frame RoPE table with flat memory."""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from rf_jax.config import get_preset
+from rf_jax.memory import RelaxPolicy, SlowFastPolicy, WindowPolicy
+from rf_jax.model import CausalWanDiT
+from rf_jax.sampling import Rollout, Sampler
+
+SMALL = dataclasses.replace(get_preset("tiny"), dim=32, ffn_dim=64, num_heads=2, freq_dim=16, text_dim=8, text_len=4)
+HW = (4, 4)
+
+
+@pytest.fixture(scope="module")
+def model():
+  return CausalWanDiT(SMALL, rngs=nnx.Rngs(0))
+
+
+def context(batch=1, seed=1):
+  return jax.random.normal(jax.random.key(seed), (batch, SMALL.text_len, SMALL.text_dim))
+
+
+def test_a_window_holding_the_whole_video_equals_the_block_causal_forward(model):
+  """Chunk j's first call sees the earlier chunks' clean refill keys: the same as a block-causal forward over
+  [x0 of chunks < j at t = 0, chunk j's noise at t_0]."""
+  sampler = Sampler.from_steps()
+  frames = 9
+  r = Rollout(model, WindowPolicy(window_frames=-1), sampler, batch=2, latent_hw=HW, frames=frames,
+              record_calls=True)
+  ctx = context(2)
+  key = jax.random.key(3)
+  with jax.default_matmul_precision("highest"):
+    latents, outs = r.run(ctx, key=key)
+    for j in range(3):
+      noise, _ = r.noise(key, j)
+      x = jnp.concatenate([jnp.asarray(latents[:, :3 * j]), noise], axis=1)
+      t = jnp.concatenate([jnp.zeros((2, 3 * j)), jnp.full((2, 3), sampler.timesteps[0])], axis=1)
+      flow = model.forward_train(x, t, ctx, chunk_frames=3)
+      x0 = np.asarray(noise - flow[:, 3 * j:])  # sigma(1000) = 1
+      np.testing.assert_allclose(outs[j].call_x0[0], x0, atol=2e-5)
+
+
+def test_one_compilation_serves_every_chunk_and_every_lambda(model):
+  r = Rollout(model, RelaxPolicy(reservoir_frames=12), Sampler.from_steps(), batch=1, latent_hw=HW, frames=30)
+  r.run(context(), key=jax.random.key(0))
+  assert r.compile_count == 1
+  text = r.text_kv(context())
+  state = r.init_state()
+  x, eps = r.noise(jax.random.key(1), 4)
+  for lam in (0.0, 1.0, 7.5):  # a traced scalar: no recompilation
+    state, _ = r.step(state, text, 4, x, eps, params={"lam": jnp.float32(lam)})
+  assert r.compile_count == 1
+
+
+def test_key_and_explicit_noise_agree_and_the_scan_rollout_matches(model):
+  policy = SlowFastPolicy(sink_frames=3, slow_frames=2, fast_frames=6, rope_length=11, threshold=0.9)
+  r = Rollout(model, policy, Sampler.from_steps(), batch=1, latent_hw=HW, frames=18)
+  key = jax.random.key(5)
+  a, _ = r.run(context(), key=key)
+  noise = np.concatenate([np.asarray(r.noise(key, j)[0]) for j in range(6)], axis=1)
+  renoise = np.stack([np.asarray(r.noise(key, j)[1]) for j in range(6)])
+  b, _ = r.run(context(), noise=noise, renoise=renoise)
+  np.testing.assert_array_equal(a, b)
+  c, _ = jax.jit(r.run_scan)(context(), key)
+  np.testing.assert_allclose(np.asarray(c), a, atol=1e-5)
+
+
+def test_a_sweep_over_lambda_vmaps_one_compiled_rollout(model):
+  r = Rollout(model, RelaxPolicy(reservoir_frames=12), Sampler.from_steps(), batch=1, latent_hw=HW, frames=24)
+  lams = jnp.asarray([0.0, 2.0, 10.0])
+  sweep = jax.jit(jax.vmap(lambda lam: r.run_scan(context(), jax.random.key(2), {"lam": lam})))
+  latents, traces = sweep(lams)
+  assert latents.shape == (3, 1, 24, *HW, SMALL.in_dim)
+  single, _ = r.run(context(), key=jax.random.key(2), params={"lam": jnp.float32(10.0)})
+  np.testing.assert_allclose(np.asarray(latents[2]), single, atol=2e-5)
+  assert traces["history"].shape == (3, 8, 1, 1)
+
+
+def test_a_long_rollout_passes_frame_1024_with_flat_memory(model):
+  frames = 1035
+  for policy in (WindowPolicy(window_frames=6, sink_frames=1), RelaxPolicy(reservoir_frames=15)):
+    r = Rollout(model, policy, Sampler.from_steps(), batch=1, latent_hw=HW, frames=frames)
+    text = r.text_kv(context())
+    state = r.init_state()
+    key = jax.random.key(0)
+    live = {}
+    for j in range(r.num_chunks):
+      state, out = r.step(state, text, j, *r.noise(key, j))
+      if j in (20, r.num_chunks - 1):
+        jax.block_until_ready(out.latents)
+        del out
+        live[j] = sum(a.nbytes for a in jax.live_arrays())
+        continue
+    assert r.compile_count == 1
+    assert live[20] == live[r.num_chunks - 1], live
+    _, last = r.step(state, text, r.num_chunks - 1, *r.noise(key, 0))  # any chunk index works on the same state
+    assert np.isfinite(np.asarray(last.latents)).all()
+    if isinstance(policy, WindowPolicy):  # the sink keeps position 0: the call spans more than 1,024 positions
+      assert int(np.asarray(last.trace["chunk_positions"])[-1]) == frames - 1
+      assert 0 in np.asarray(last.trace["memory_positions"])[0].tolist()
+
+
+@pytest.mark.parametrize("window,sink", [(9, 0), (6, 3)])
+def test_position_schemes_that_differ_by_one_shift_give_the_same_video(model, window, sink):
+  """Where the schemes place every attended frame at the same offsets (no sink; or a window that is only sink and
+  chunk), the positions differ by one constant, so rebased RoPE must give the same latents to rounding, however
+  large the absolute positions."""
+  outs = []
+  for positions in ("absolute", "relocated_sink", "window_relative"):
+    if positions == "absolute" and sink:
+      continue
+    r = Rollout(model, WindowPolicy(window_frames=window, sink_frames=sink, positions=positions),
+                Sampler.from_steps(), batch=1, latent_hw=HW, frames=21)
+    outs.append(r.run(context(), key=jax.random.key(4))[0])
+  for other in outs[1:]:
+    np.testing.assert_allclose(other, outs[0], atol=1e-5)
+
+
+def test_bad_geometry_is_refused(model):
+  with pytest.raises(ValueError, match="multiple"):
+    Rollout(model, WindowPolicy(), Sampler.from_steps(), batch=1, latent_hw=HW, frames=10)
+  with pytest.raises(ValueError, match="RoPE frame positions"):
+    Rollout(model, WindowPolicy(window_frames=6, sink_frames=1), Sampler.from_steps(), batch=1, latent_hw=HW,
+            frames=3 * 30000)
+  r = Rollout(model, WindowPolicy(), Sampler.from_steps(), batch=1, latent_hw=HW, frames=6)
+  with pytest.raises(ValueError, match="noise has shape"):
+    r.run(context(), noise=np.zeros((1, 3, *HW, 16)), renoise=np.zeros((2, 3, 1, 3, *HW, 16)))
