@@ -159,6 +159,8 @@ def cmd_generate(args) -> int:
   from rf_jax.memory import policy_from_dict
   from rf_jax.model import CausalWanDiT
   from rf_jax.sampling import Sampler
+  if os.path.exists(args.out) and not args.force:
+    raise FileExistsError(f"{os.path.abspath(args.out)} already exists; pass --force to replace it")
   block = {"policy": args.memory}
   for attr, key in _POLICY_FLAGS.items():
     if getattr(args, attr) is not None:

@@ -21,7 +21,7 @@ import numpy as np
 from rf_jax.config import memory_args_from_constructor_args
 from rf_jax.memory import Policy, RelaxPolicy, SlowFastPolicy, WindowPolicy, policy_from_dict
 from rf_jax.model.rope import apply_rope, rope_cos_sin
-from rf_jax.reference_check import Comparison, ReferenceFolder, max_abs_error, mismatch, relative_error
+from rf_jax.reference_check import Comparison, ReferenceFolder, max_abs_error, mismatch
 from rf_jax.sampling import Rollout, Sampler
 
 

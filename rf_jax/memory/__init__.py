@@ -38,8 +38,12 @@ def policy_from_dict(d: dict[str, Any], *, source: str = "memory") -> Policy:
       raise ValueError(f"{source}: policy {name!r} has no setting {key!r}; settings: "
                        f"{', '.join(sorted(_public(f) for f in fields))}")
     default = fields[field].default
-    kwargs[field] = type(default)(value) if isinstance(default, (int, float)) and not isinstance(default, bool) \
-        else value
+    if isinstance(default, (int, float)) and not isinstance(default, bool):
+      try:
+        value = type(default)(value)
+      except (TypeError, ValueError):
+        raise ValueError(f"{source}: {key}={value!r} is not a {type(default).__name__}") from None
+    kwargs[field] = value
   return cls(**kwargs)
 
 

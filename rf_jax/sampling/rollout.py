@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any, Callable, NamedTuple
+from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -162,6 +162,8 @@ class Rollout:
     self.params = policy.params()
     self.timesteps = jnp.asarray(sampler.timesteps, jnp.float32)
     self._traces = [0]
+    self.final_state = None  # the memory after the last `run` (to inspect it, or continue with `step`)
+    self._init = jax.jit(lambda: policy.init(self.geometry))
     step = functools.partial(_chunk_step, self.graphdef, policy.static_part(), sampler, record_calls, self._traces)
     self._step = jax.jit(step, donate_argnums=(2,))
     self._text = jax.jit(lambda state, context: nnx.merge(self.graphdef, state).text_kv(context))
@@ -178,7 +180,7 @@ class Rollout:
     return (self.batch, self.sampler.chunk_frames, *self.latent_hw, self.model_config.in_dim)
 
   def init_state(self):
-    return jax.jit(lambda: self.policy.init(self.geometry))()
+    return self._init()
 
   def text_kv(self, context: Array) -> TextKV:
     if context.ndim != 3 or context.shape[0] != self.batch:
