@@ -87,8 +87,13 @@ def _attention(q, k, v, mask=None):
   return np.einsum("bnls,bsnh->blnh", p, v)
 
 
-def forward_train(sd, args, x, t, context, *, chunk=3):
-  """x: [B, C, F, H, W]; t: [B, F]; context: [B, Lc, text_dim]. Returns (flow like x, activations)."""
+def forward_train(sd, args, x, t, context, *, chunk=3, cache=None, start_frame=0):
+  """x: [B, C, F, H, W]; t: [B, F]; context: [B, Lc, text_dim]. Returns (flow like x, activations).
+
+  With `cache` (the reference's KV-cache path): a list over layers of (rotated keys, values) [B, S, N, H] that the
+  chunk attends to besides itself, with no mask, the chunk's keys rotated from `start_frame`; the chunk's own
+  (rotated keys, values) per layer are returned in acts["kv"].
+  """
   sd = {k: v.astype(np.float64) for k, v in sd.items()}
   x, t, context = x.astype(np.float64), t.astype(np.float64), context.astype(np.float64)
   d, n, eps = args["dim"], args["num_heads"], args["eps"]
@@ -119,7 +124,8 @@ def forward_train(sd, args, x, t, context, *, chunk=3):
   acts["act_text_embedding"] = text
 
   freqs = rope_freqs(hd)
-  mask = block_mask(f, fsl, chunk, args.get("local_attn_size", -1))
+  mask = None if cache is not None else block_mask(f, fsl, chunk, args.get("local_attn_size", -1))
+  acts["kv"] = []
   frame_of_token = np.arange(f * fsl) // fsl
   for i in range(args["num_layers"]):
     p = f"blocks.{i}"
@@ -130,7 +136,12 @@ def forward_train(sd, args, x, t, context, *, chunk=3):
     k = _rms_norm(_linear(sd, f"{p}.self_attn.k", hcur), eps, sd[f"{p}.self_attn.norm_k.weight"])
     v = _linear(sd, f"{p}.self_attn.v", hcur)
     split = lambda a: a.reshape(b, -1, n, hd)  # noqa: E731
-    q, k, v = rope_apply(split(q), (f, hp, wp), freqs), rope_apply(split(k), (f, hp, wp), freqs), split(v)
+    grid = (f, hp, wp)
+    q, k, v = (rope_apply(split(q), grid, freqs, start_frame), rope_apply(split(k), grid, freqs, start_frame),
+               split(v))
+    acts["kv"].append((k, v))
+    if cache is not None:
+      k, v = np.concatenate([cache[i][0], k], axis=1), np.concatenate([cache[i][1], v], axis=1)
     y = _linear(sd, f"{p}.self_attn.o", _attention(q, k, v, mask).reshape(b, -1, d))
     tokens = tokens + y * m[:, :, 2]
     hx = _layer_norm(tokens, eps, sd[f"{p}.norm3.weight"], sd[f"{p}.norm3.bias"])
@@ -230,6 +241,88 @@ def write_reference_folder(path, args, *, latent_hw, frames=6, batch=2, chunk=3,
            freqs_real=freqs.real, freqs_imag=freqs.imag)
   config = {"constructor_args": {**args, "patch_size": list(args["patch_size"])}, "latent_hw": list(latent_hw),
             "frame_seq_length": hp * wp, "num_frame_per_block": chunk, "forward_num_latent_frames": frames,
+            "scheduler": {"shift": 5.0, "sigma_min": 0.0, "extra_one_step": True, "num_train_timesteps": 1000}}
+  with open(os.path.join(path, "config.json"), "w") as fh:
+    json.dump(config, fh, indent=2)
+  return path
+
+
+def warped_steps(raw_steps, shift=5.0, n=1000):
+  """Self-Forcing's warped step list, [timesteps, 0][n - raw], computed in float64 then stored as float32."""
+  raw = np.linspace(1.0, 0.0, n + 1)[:-1]
+  timesteps = np.append(shift * raw / (1 + (shift - 1) * raw) * n, 0.0)
+  return np.asarray([timesteps[n - int(s)] for s in raw_steps], np.float32)
+
+
+def rollout_window(sd, args, noise, context, renoise, steps, *, chunk):
+  """The reference pipeline with Self-Forcing's KV cache (spec causal_wan.md §5-6), as a list of cached frames.
+
+  noise: [B, frames, C, H, W]; renoise: [chunks * (S - 1), B * chunk, C, H, W]; steps: warped timesteps [S].
+  The cache keeps rotated keys; before a chunk it drops the oldest non-sink frames so that, with the chunk, at most
+  local_attn_size frames remain. Returns the arrays of a rollout.npz.
+  """
+  b, frames, c, h, w = noise.shape
+  window, sink = args.get("local_attn_size", -1), args.get("sink_size", 0)
+  layers = args["num_layers"]
+  cache = []  # [(frame, [(k, v) per layer] with k, v [B, fsl, N, H])]
+  sigma = lambda t: scheduler_sigma(np.full((1,), t))[0]  # noqa: E731
+  out = {"final_latents": np.zeros_like(noise, np.float64), "call_x0_pred": [], "call_noisy_input": []}
+  fsl = None
+  for j in range(frames // chunk):
+    if window != -1:
+      keep = window - chunk - sink
+      cache = [e for e in cache if e[0] < sink] + [e for e in cache if e[0] >= sink][-keep:] if keep > 0 else \
+          [e for e in cache if e[0] < sink]
+    mem = [tuple(np.concatenate([e[1][i][m] for e in cache], axis=1) for m in (0, 1)) for i in range(layers)] \
+        if cache else [(np.zeros((b, 0, args["num_heads"], args["dim"] // args["num_heads"])),) * 2] * layers
+    x = noise[:, j * chunk:(j + 1) * chunk].astype(np.float64)
+    for i, t in enumerate(list(steps) + [0.0]):
+      out["call_noisy_input"].append(x)
+      flow, acts = forward_train(sd, args, x.transpose(0, 2, 1, 3, 4), np.full((b, chunk), t), context,
+                                 chunk=chunk, cache=mem, start_frame=j * chunk)
+      x0 = x - sigma(t) * flow.transpose(0, 2, 1, 3, 4)
+      out["call_x0_pred"].append(x0)
+      if i < len(steps) - 1:
+        eps = renoise[j * (len(steps) - 1) + i].reshape(b, chunk, c, h, w)
+        x = (1 - sigma(steps[i + 1])) * x0 + sigma(steps[i + 1]) * eps
+      elif i == len(steps) - 1:
+        out["final_latents"][:, j * chunk:(j + 1) * chunk] = x0
+        x = x0
+    fsl = acts["kv"][0][0].shape[1] // chunk
+    for f in range(chunk):
+      cache.append((j * chunk + f, [(k[:, f * fsl:(f + 1) * fsl], v[:, f * fsl:(f + 1) * fsl])
+                                    for k, v in acts["kv"]]))
+    held = cache if window == -1 else \
+        [e for e in cache if e[0] < sink] + [e for e in cache if e[0] >= sink][-(window - sink):]
+    for m, name in ((0, "k"), (1, "v")):
+      out[f"kv_after_chunk{j}_{name}"] = np.stack(
+          [np.concatenate([e[1][i][m] for e in held], axis=1) for i in range(layers)])
+  f32 = lambda a: np.asarray(a, np.float32)  # noqa: E731
+  return {k: f32(np.stack(v)[:, :, :, :]) if isinstance(v, list) else f32(v) for k, v in out.items()}
+
+
+def write_rollout_folder(path, args, *, latent_hw, chunks, chunk, raw_steps, seed=0):
+  """A folder in the fixtures' format holding a window rollout (config.json without a `memory` block)."""
+  from safetensors.numpy import save_file
+  os.makedirs(path, exist_ok=True)
+  rng = np.random.default_rng(seed + 7)
+  sd = random_state_dict(args, seed)
+  save_file(sd, os.path.join(path, "model.safetensors"))
+  h, w = latent_hw
+  frames = chunks * chunk
+  noise = rng.normal(size=(1, frames, args["in_dim"], h, w)).astype(np.float32)
+  renoise = rng.normal(size=(chunks * (len(raw_steps) - 1), chunk, args["in_dim"], h, w)).astype(np.float32)
+  context = rng.normal(size=(1, args["text_len"], args["text_dim"])).astype(np.float32)
+  context[:, args["text_len"] - 2:] = 0
+  steps = warped_steps(raw_steps)
+  arrays = rollout_window(sd, args, noise, context, renoise, steps, chunk=chunk)
+  np.savez(os.path.join(path, "rollout.npz"), noise=noise, context=context, renoise=renoise,
+           denoising_step_list=steps, **arrays)
+  _, ph, pw = args["patch_size"]
+  config = {"constructor_args": {**args, "patch_size": list(args["patch_size"])}, "latent_hw": list(latent_hw),
+            "frame_seq_length": (h // ph) * (w // pw), "num_frame_per_block": chunk,
+            "pipeline_args": {"denoising_step_list": list(raw_steps), "warp_denoising_step": True,
+                              "independent_first_frame": False, "context_noise": 0, "num_frame_per_block": chunk},
             "scheduler": {"shift": 5.0, "sigma_min": 0.0, "extra_one_step": True, "num_train_timesteps": 1000}}
   with open(os.path.join(path, "config.json"), "w") as fh:
     json.dump(config, fh, indent=2)
