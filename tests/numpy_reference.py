@@ -161,6 +161,8 @@ def forward_train(sd, args, x, t, context, *, chunk=3, cache=None, start_frame=0
   cout = args["out_dim"]
   out = out.reshape(b, f, hp, wp, pt, ph, pw, cout)
   flow = out.transpose(0, 7, 1, 4, 2, 5, 3, 6).reshape(b, cout, f * pt, hp * ph, wp * pw)
+  if cache is None:
+    del acts["kv"]
   return flow, acts
 
 
