@@ -127,14 +127,12 @@ class RelaxPolicy(Policy):
     cand_ok = (cand_mid >= 0) & ~dense
     cand_frame = jnp.where(cand_ok, first_middle + cand_mid, -1)
 
-    def proto(frames, weights):  # frames int [K], weights [K] -> [B, H]: pooled, normalised key means
-      slots = ring_slot(jnp.maximum(frames, 0), s, cap)
-      means = res.key_mean[:, jnp.minimum(slots, cap - 1)]  # [B, K, H]
-      w = weights.astype(jnp.float32)[None, :, None]
-      return _normalize((means * w).sum(1) / jnp.maximum(w.sum(1), 1.0))
+    def proto(frames):  # int [K] -> [B, H]: the key means of K frames pooled, then normalised
+      slots = jnp.minimum(ring_slot(jnp.maximum(frames, 0), s, cap), cap - 1)
+      return _normalize(res.key_mean[:, slots].mean(axis=1))
 
-    sink_p = proto(jnp.arange(s, dtype=jnp.int32), jnp.ones((s,), bool))
-    tail_p = proto(c - t + jnp.arange(t, dtype=jnp.int32), jnp.ones((t,), bool))
+    sink_p = proto(jnp.arange(s, dtype=jnp.int32))  # [B, H]
+    tail_p = proto(c - t + jnp.arange(t, dtype=jnp.int32))
     cand_slots = ring_slot(jnp.maximum(cand_frame, 0), s, cap)
     cand_p = _normalize(res.key_mean[:, jnp.minimum(cand_slots, cap - 1)])  # [B, C, H]
     scores = (jnp.einsum("bch,bh->bc", cand_p, sink_p)
