@@ -12,8 +12,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import resource
-import subprocess
 import sys
 import time
 from typing import Any
@@ -24,6 +22,7 @@ import numpy as np
 
 from rf_jax.checkpoint import atomic_directory, write_json_atomic
 from rf_jax.memory import Policy, policy_to_dict
+from rf_jax.runinfo import git_commit, peak_bytes
 from rf_jax.sampling import Rollout, Sampler
 
 
@@ -52,24 +51,6 @@ def load_text_embeddings(path: str, batch: int, text_len: int, text_dim: int) ->
   if not np.issubdtype(arr.dtype, np.floating) or not np.all(np.isfinite(arr)):
     raise ValueError(f"--text-embeddings {path}: expected finite floating-point values, got {arr.dtype}")
   return np.ascontiguousarray(arr, np.float32)
-
-
-def peak_bytes() -> tuple[int, str]:
-  """Peak device memory where the backend reports it, else the process's peak resident set."""
-  stats = jax.devices()[0].memory_stats() or {}
-  if "peak_bytes_in_use" in stats:
-    return int(stats["peak_bytes_in_use"]), f"device:{jax.devices()[0].platform}"
-  return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024, "host_rss"
-
-
-def git_commit() -> str | None:
-  try:
-    here = os.path.dirname(os.path.abspath(__file__))
-    out = subprocess.run(["git", "-C", here, "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                         timeout=5)
-    return out.stdout.strip() or None
-  except (OSError, subprocess.SubprocessError):
-    return None
 
 
 class _LatentWriter:

@@ -111,7 +111,7 @@ def _check_rollout(ref: ReferenceFolder, z: dict, model, policy: Policy, abs_tol
   for j in range(chunks):
     state, out = rollout.step(state, text, j, jnp.asarray(noise[:, j * f:(j + 1) * f]), jnp.asarray(renoise[j]))
     outs.append(jax.tree.map(np.asarray, out))
-    states.append(jax.tree.map(np.asarray, state))
+    states.append(jax.tree.map(np.array, state))  # a copy: the state is donated to the next step
 
   latents = np.concatenate([o.latents for o in outs], axis=1)
   yield Comparison("rollout/final_latents", max_abs_error(latents, _cl(z["final_latents"])), abs_tol, "max_abs")
@@ -126,10 +126,6 @@ def _check_rollout(ref: ReferenceFolder, z: dict, model, policy: Policy, abs_tol
     yield from _check_slow_fast(z, policy, outs, states, f, abs_tol)
 
 
-def _frame_tokens(arr_tokens: int, frame_tokens: int) -> int:
-  return arr_tokens // frame_tokens
-
-
 def _check_window(ref, z, policy: WindowPolicy, states, f, tol) -> Iterator[Comparison]:
   """kv_after_chunk{j}_k/v: [L, B, tokens, N, H], keys after RoPE at absolute positions, slots in frame order."""
   q = int(ref.config.get("frame_seq_length", 0)) or None
@@ -141,7 +137,7 @@ def _check_window(ref, z, policy: WindowPolicy, states, f, tol) -> Iterator[Comp
     ref_k, ref_v = z[key_k], z[key_v]
     l, bb, tokens, n, h = ref_k.shape
     q = q or res.k.shape[3]
-    held = _frame_tokens(tokens, q)
+    held = tokens // q
     end = f * (j + 1)  # frames 0 .. end-1 generated so far
     s = min(policy.sink_frames, held)
     ref_frames = list(range(s)) + list(range(end - (held - s), end))  # upstream: sink, then the newest, in order

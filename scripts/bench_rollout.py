@@ -23,7 +23,7 @@ from flax import nnx
 
 from rf_jax import checkpoint
 from rf_jax.config import get_preset
-from rf_jax.generate import git_commit, peak_bytes
+from rf_jax.runinfo import git_commit, peak_bytes
 from rf_jax.memory import RelaxPolicy, SlowFastPolicy, WindowPolicy
 from rf_jax.model import CausalWanDiT
 from rf_jax.sampling import Rollout, Sampler

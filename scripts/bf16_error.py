@@ -7,20 +7,12 @@ For each reference folder (fixture format) it loads the PyTorch weights and inpu
 """
 
 import json
-import subprocess
 import sys
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-
-
-def _commit():
-  try:
-    return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
-  except OSError:
-    return "unknown"
 
 
 def _errors(model_f32, model_bf16, x, t, ctx, **kw):
@@ -34,7 +26,8 @@ def main(folders):
   from rf_jax.config import TINY
   from rf_jax.model import CausalWanDiT
   from rf_jax.reference_check import ReferenceFolder
-  base = {"device": str(jax.devices()[0]), "jax": jax.__version__, "commit": _commit()}
+  from rf_jax.runinfo import git_commit
+  base = {"device": str(jax.devices()[0]), "jax": jax.__version__, "commit": git_commit()}
   if not folders:
     m32 = CausalWanDiT(TINY, rngs=nnx.Rngs(0))
     m16 = CausalWanDiT(TINY, dtype=jnp.bfloat16, rngs=nnx.Rngs(0))

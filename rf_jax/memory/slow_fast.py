@@ -20,7 +20,7 @@ Letters: L layers, B batch, K slow slots, Q tokens per frame, N heads, H head di
 from __future__ import annotations
 
 import dataclasses
-from typing import Literal, NamedTuple
+from typing import Callable, Literal, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -135,12 +135,12 @@ class SlowFastPolicy(Policy):
     sim = _cosine(rep, st.last_rep)
     eligible = chunk.start >= s
     promote = eligible & (~st.has_rep | (sim < params["threshold"]))  # [B]
-    slot = ring_end + st.promoted % kslow  # [B]
-    onehot = (jnp.arange(res.capacity)[None, :] == slot[:, None]) & promote[:, None]  # [B, R]
-    sel = onehot[None, :, :, None, None, None]
-    res = Reservoir(jnp.where(sel, kv.k[:, :, :1].astype(res.k.dtype), res.k),
-                    jnp.where(sel, kv.v[:, :, :1].astype(res.v.dtype), res.v),
-                    jnp.where(onehot, chunk.start, res.frame), res.key_mean)
+    # The chunk's first frame goes to the slow FIFO slot of each promoting sample (capacity = no write).
+    slot = jnp.where(promote, ring_end + st.promoted % kslow, res.capacity)  # [B]
+    rows = jnp.arange(slot.shape[0])
+    res = Reservoir(res.k.at[:, rows, slot].set(kv.k[:, :, 0].astype(res.k.dtype), mode="drop"),
+                    res.v.at[:, rows, slot].set(kv.v[:, :, 0].astype(res.v.dtype), mode="drop"),
+                    res.frame.at[rows, slot].set(chunk.start, mode="drop"), res.key_mean)
     res = write_frames(res, kv, chunk.start, s, ring_end)  # the fast window
     new = CleanState(res, st.promoted + promote.astype(jnp.int32), jnp.where(promote[:, None], rep, st.last_rep),
                      st.has_rep | promote)
@@ -156,12 +156,11 @@ class SlowFastPolicy(Policy):
     s, kslow, f, r = self.sink_frames, self.slow_frames, chunk.frames, self.cache_frames
     roll = st.local_end + f > r
     lo = s + kslow
-    def rolled(a, axis):
+    def rolled(a, axis):  # only the fast region is touched
       region = jax.lax.slice_in_dim(a, lo, r, axis=axis)
-      return jax.lax.dynamic_update_slice_in_dim(a, jnp.roll(region, -f, axis=axis), lo, axis=axis)
-    k = jnp.where(roll, rolled(st.k, 2), st.k)
-    v = jnp.where(roll, rolled(st.v, 2), st.v)
-    table = jnp.where(roll, rolled(st.table, 1), st.table)
+      region = jnp.where(roll, jnp.roll(region, -f, axis=axis), region)
+      return jax.lax.dynamic_update_slice_in_dim(a, region, lo, axis=axis)
+    k, v, table = rolled(st.k, 2), rolled(st.v, 2), rolled(st.table, 1)
     local_end = jnp.minimum(st.local_end + f, r)  # frames in use once the chunk is written
     return st._replace(k=k, v=v, table=table), local_end
 
@@ -177,7 +176,7 @@ class SlowFastPolicy(Policy):
     chunk_pos = start + (local_end - f - jnp.minimum(s, local_end)) + jnp.arange(f, dtype=jnp.int32)
     return jnp.where(valid, pos, -1), valid, chunk_pos
 
-  def _upstream_hook(self, params, local_end: Array, chunk: Chunk) -> callable:
+  def _upstream_hook(self, params, local_end: Array, chunk: Chunk) -> Callable:
     s, kslow, f, r = self.sink_frames, self.slow_frames, chunk.frames, self.cache_frames
     allow = chunk.start >= self.fast_frames
     threshold = params["threshold"]

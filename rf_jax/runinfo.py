@@ -1,0 +1,28 @@
+"""Provenance and memory of a run, for summaries and benchmark lines: the git commit and the peak memory."""
+
+from __future__ import annotations
+
+import os
+import resource
+import subprocess
+
+import jax
+
+
+def git_commit() -> str | None:
+  """Short commit of the rf_jax checkout, or None outside a git checkout."""
+  try:
+    here = os.path.dirname(os.path.abspath(__file__))
+    out = subprocess.run(["git", "-C", here, "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                         timeout=5)
+    return out.stdout.strip() or None
+  except (OSError, subprocess.SubprocessError):
+    return None
+
+
+def peak_bytes() -> tuple[int, str]:
+  """Peak device memory where the backend reports it, else the process's peak resident set."""
+  stats = jax.devices()[0].memory_stats() or {}
+  if "peak_bytes_in_use" in stats:
+    return int(stats["peak_bytes_in_use"]), f"device:{jax.devices()[0].platform}"
+  return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024, "host_rss"
