@@ -30,7 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from rf_jax.memory.base import CallView, Chunk, Policy, traced
-from rf_jax.memory.reservoir import Geometry, Reservoir, gather_slots, init_reservoir, ring_slot, write_frames
+from rf_jax.memory.reservoir import Geometry, Reservoir, init_reservoir, ring_slot, write_frames
 from rf_jax.model.dit import MemoryView
 from rf_jax.sampling.schedule import torch_linspace
 
@@ -157,14 +157,12 @@ class RelaxPolicy(Policy):
     else:
       pos = frames
     pos = jnp.where(valid, pos, -1)
-    slots = ring_slot(jnp.maximum(frames, 0), s, cap)
-    k, v = gather_slots(res, jnp.minimum(slots, cap - 1))
-    view = MemoryView(k, v, pos, valid)
+    slots = jnp.minimum(ring_slot(jnp.maximum(frames, 0), s, cap), cap - 1)
     trace = {"dense": dense, "num_middle": jnp.where(dense, 0, n), "candidates": cand_frame, "scores": scores,
              "history": hist_frame, "memory_frames": frames, "memory_positions": pos,
              "chunk_positions": chunk.positions, "sink_proto": sink_p, "tail_proto": tail_p,
              "candidate_protos": cand_p}
-    return res, (view, trace)
+    return res, ((pos, valid, slots), trace)
 
   def choose(self, scores: Array, cand_ok: Array, cand_frame: Array, chunk: Chunk) -> Array:
     """The top-H candidates by score: scores [B, C] (NaN where no candidate) -> indices [B, H], in temporal order."""
@@ -175,8 +173,8 @@ class RelaxPolicy(Policy):
     return jnp.sort(top, axis=-1)
 
   def call_view(self, params, res, ctx, chunk: Chunk) -> CallView:
-    view, _ = ctx
-    return CallView(view, chunk.positions)
+    (pos, valid, slots), _ = ctx
+    return CallView(MemoryView(res.k, res.v, pos, valid, slots), chunk.positions)  # slots read in place
 
   def end_chunk(self, params, res: Reservoir, ctx, kv, chunk: Chunk):
     _, trace = ctx

@@ -1,7 +1,7 @@
 """The causal Wan2.1 DiT and its parts."""
 
-from rf_jax.model.attention import FrameKV, MemoryKV
+from rf_jax.model.attention import FrameKV
 from rf_jax.model.dit import CausalWanDiT, MemoryView, TextKV
-from rf_jax.model.masks import block_causal_mask
+from rf_jax.model.masks import BlockCausal, block_causal_mask
 
-__all__ = ["CausalWanDiT", "FrameKV", "MemoryKV", "MemoryView", "TextKV", "block_causal_mask"]
+__all__ = ["CausalWanDiT", "BlockCausal", "FrameKV", "MemoryView", "TextKV", "block_causal_mask"]

@@ -1,8 +1,9 @@
 """Self- and cross-attention of the Wan block: projections, q/k RMSNorm, RoPE, then `ops.attention`.
 
-Self-attention owns no cache. It is handed the memory's keys and values (pre-RoPE, a fixed number of frame slots,
-with the RoPE angles of the positions the memory policy assigned and a validity mask) and returns the chunk's own
-pre-RoPE keys and values, for the rollout to remember or drop.
+Self-attention owns no cache. It is handed the layer's memory (a `SlotMemory`: pre-RoPE keys and values of frame
+slots, a slot table, the RoPE angles of the positions the memory policy assigned, a validity mask) and returns the
+chunk's own pre-RoPE keys and values, for the rollout to remember or drop. Rotating the memory keys is left to the
+attention backend (the kernels fuse it).
 
 Letters: B batch, F frames of the chunk, M memory slots (frames), Q tokens per frame, T = F*Q, S keys, N heads,
 H head dim, D width, P text tokens.
@@ -18,7 +19,7 @@ from flax import nnx
 
 from rf_jax.model.layers import RMSNorm
 from rf_jax.model.rope import apply_rope
-from rf_jax.ops import AttnImpl, attention
+from rf_jax.ops import AttnImpl, BlockCausal, SlotMemory, attention
 
 Array = jax.Array
 
@@ -29,15 +30,7 @@ class FrameKV(NamedTuple):
   v: Array
 
 
-class MemoryKV(NamedTuple):
-  """One layer's view of the memory: pre-RoPE keys/values of M frame slots and the RoPE angles to use for them."""
-  k: Array  # [B, M, Q, N, H]
-  v: Array  # [B, M, Q, N, H]
-  cos: Array  # [B, M, Q, H/2] float32
-  sin: Array  # [B, M, Q, H/2] float32
-
-
-MemoryFn = Callable[["FrameKV"], tuple[MemoryKV, Any]]
+MemoryFn = Callable[["FrameKV"], tuple[SlotMemory, Any]]
 
 
 def _linear(din: int, dout: int, *, dtype, param_dtype, rngs: nnx.Rngs) -> nnx.Linear:
@@ -59,13 +52,14 @@ class _Attention(nnx.Module):
 
 class SelfAttention(_Attention):
 
-  def __call__(self, x: Array, cos: Array, sin: Array, mask: Array | None,
-               memory: MemoryKV | MemoryFn | None = None) -> tuple[Array, FrameKV, Any]:
-    """x: [B, F, Q, D]; cos/sin: [F, Q, H/2] at the chunk's positions; mask: bool [B, 1, T, S] or None.
+  def __call__(self, x: Array, cos: Array, sin: Array, mask: BlockCausal | Array | None,
+               memory: SlotMemory | MemoryFn | None = None) -> tuple[Array, FrameKV, Any]:
+    """x: [B, F, Q, D]; cos/sin: [F, Q, H/2] (or [B, F, Q, H/2]) at the chunk's positions; mask among the chunk's
+    own tokens: None (full), a BlockCausal structure, or a dense bool [T, T].
 
     `memory` is either the memory's keys/values for this layer, or a function that builds them from the chunk's
     own pre-RoPE keys/values (a policy that decides inside the layer, such as Context Forcing's per-layer
-    promotion), returning (MemoryKV, aux). Keys are ordered [memory slots..., chunk frames...]. Returns the output
+    promotion), returning (SlotMemory, aux). Keys are ordered [memory slots..., chunk frames...]. Returns the output
     [B, F, Q, D], the chunk's own pre-RoPE keys and values, and the memory function's aux (None without one).
     """
     b, f, q_len, d = x.shape
@@ -80,12 +74,8 @@ class SelfAttention(_Attention):
     if callable(memory):
       memory, aux = memory(chunk_kv)
     q_rot, k_rot = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-    if memory is not None:
-      k_mem = apply_rope(memory.k.astype(k.dtype), memory.cos, memory.sin)
-      k_rot = jnp.concatenate([k_mem, k_rot], axis=1)  # [B, M + F, Q, N, H]
-      v = jnp.concatenate([memory.v.astype(v.dtype), v], axis=1)
-    flat = lambda y: y.reshape(b, -1, n, d // n)  # noqa: E731  [B, T or S, N, H]
-    out = attention(flat(q_rot), flat(k_rot), flat(v), mask, impl=self.attn_impl)  # [B, T, N, H]
+    flat = lambda y: y.reshape(b, -1, n, d // n)  # noqa: E731  [B, T, N, H]
+    out = attention(flat(q_rot), flat(k_rot), flat(v), memory=memory, mask=mask, impl=self.attn_impl)
     return self.o(out.reshape(b, f, q_len, d)), chunk_kv, aux
 
 
@@ -108,5 +98,5 @@ class CrossAttention(_Attention):
     if self.norm_q is not None:
       q = self.norm_q(q)
     q = q.reshape(b, f * q_len, self.num_heads, d // self.num_heads)  # [B, T, N, H]
-    out = attention(q, text_k.astype(q.dtype), text_v.astype(q.dtype), None, impl=self.attn_impl)
+    out = attention(q, text_k.astype(q.dtype), text_v.astype(q.dtype), impl=self.attn_impl)
     return self.o(out.reshape(b, f, q_len, d))

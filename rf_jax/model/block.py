@@ -17,9 +17,9 @@ import jax.numpy as jnp
 from flax import nnx
 
 from rf_jax.config import ModelConfig
-from rf_jax.model.attention import CrossAttention, FrameKV, MemoryFn, MemoryKV, SelfAttention
+from rf_jax.model.attention import CrossAttention, FrameKV, MemoryFn, SelfAttention
 from rf_jax.model.layers import LayerNorm, gelu_tanh, layer_norm, modulate
-from rf_jax.ops import AttnImpl
+from rf_jax.ops import AttnImpl, SlotMemory
 
 Array = jax.Array
 
@@ -45,7 +45,7 @@ class WanBlock(nnx.Module):
     )
 
   def __call__(self, x: Array, e0: Array, text_k: Array, text_v: Array, cos: Array, sin: Array,
-               mask: Array | None, memory: MemoryKV | MemoryFn | None = None) -> tuple[Array, FrameKV, Any]:
+               mask, memory: SlotMemory | MemoryFn | None = None) -> tuple[Array, FrameKV, Any]:
     """x: [B, F, Q, D] float32; e0: [B, F, 6, D] float32 time projection.
 
     Returns (x, the chunk's pre-RoPE k/v, the memory function's aux or None); see `SelfAttention`.

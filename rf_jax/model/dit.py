@@ -25,12 +25,11 @@ import numpy as np
 from flax import nnx
 
 from rf_jax.config import ModelConfig
-from rf_jax.model.attention import FrameKV, MemoryKV
+from rf_jax.model.attention import FrameKV
 from rf_jax.model.block import WanBlock
 from rf_jax.model.layers import gelu_tanh, layer_norm, modulate, sinusoidal_embedding
-from rf_jax.model.masks import block_causal_mask
 from rf_jax.model.rope import rope_cos_sin
-from rf_jax.ops import AttnImpl
+from rf_jax.ops import AttnImpl, BlockCausal, SlotMemory
 
 Array = jax.Array
 
@@ -42,11 +41,15 @@ class TextKV(NamedTuple):
 
 
 class MemoryView(NamedTuple):
-  """What the memory shows the model for one call: M frame slots per layer, keys before RoPE."""
-  k: Array  # [L, B, M, Q, N, H]
-  v: Array  # [L, B, M, Q, N, H]
-  pos: Array  # int32 [B, M]: the frame position each slot's keys are rotated to
-  valid: Array  # bool [B, M]: False slots are masked out of attention
+  """What the memory shows the model for one call: M entries, each a frame slot of per-layer keys before RoPE.
+
+  Entry m is slot `slots[b, m]` of k/v (slot m when `slots` is None); the backends read the slots in place.
+  """
+  k: Array  # [L, B, R, Q, N, H]
+  v: Array  # [L, B, R, Q, N, H]
+  pos: Array  # int32 [B, M]: the frame position each entry's keys are rotated to
+  valid: Array  # bool [B, M]: False entries are masked out of attention (and skipped by the kernels)
+  slots: Array | None = None  # int32 [B, M]: the slot of each entry; None = the identity (M = R)
 
 
 class LayerHook(NamedTuple):
@@ -99,12 +102,13 @@ class CausalWanDiT(nnx.Module):
   """Causal Wan2.1 DiT. Parameters mirror PyTorch's names; the blocks are stacked on a leading layer axis."""
 
   def __init__(self, config: ModelConfig, *, dtype=jnp.float32, param_dtype=jnp.float32,
-               attn_impl: AttnImpl = AttnImpl.REFERENCE, rngs: nnx.Rngs):
+               attn_impl: AttnImpl | str = AttnImpl.AUTO, rngs: nnx.Rngs):
     if config.patch_size[0] != 1:
       raise ValueError(f"patch_size={config.patch_size}: only a temporal patch of 1 is supported (per-frame "
                        "timesteps and frame slots assume one token frame per latent frame)")
     self.config = config
     self.dtype = dtype
+    attn_impl = AttnImpl.parse(attn_impl)
     d = config.dim
     lin = lambda i, o, dt=dtype: nnx.Linear(i, o, dtype=dt, param_dtype=param_dtype, rngs=rngs)  # noqa: E731
     self.patch_embedding = PatchEmbed(config.patch_size, config.in_dim, d, param_dtype=param_dtype, rngs=rngs)
@@ -149,7 +153,8 @@ class CausalWanDiT(nnx.Module):
 
   # ---------------------------------------------------------------------------------------------------- forward
 
-  def __call__(self, x: Array, t: Array, text: TextKV, *, frame_pos: Array, self_mask: Array | np.ndarray | None,
+  def __call__(self, x: Array, t: Array, text: TextKV, *, frame_pos: Array,
+               self_mask: BlockCausal | Array | np.ndarray | None,
                memory: MemoryView | None = None) -> tuple[Array, FrameKV]:
     """One call of the DiT on a chunk.
 
@@ -158,8 +163,8 @@ class CausalWanDiT(nnx.Module):
       t: per-frame timesteps [B, F].
       text: prompt keys/values from `text_kv`.
       frame_pos: int [F], the RoPE frame position of each frame of the chunk.
-      self_mask: bool [T, T] among the chunk's own tokens (block-causal in training), or None for full
-        (bidirectional) attention inside the chunk.
+      self_mask: the mask among the chunk's own tokens: None for full (bidirectional) attention, a
+        `BlockCausal` structure (training; every backend), or a dense bool [T, T] (reference/cudnn only).
       memory: the memory slots to attend to besides the chunk, or None.
 
     Returns:
@@ -169,7 +174,7 @@ class CausalWanDiT(nnx.Module):
     return flow, chunk_kv
 
   def call_with_hook(self, x: Array, t: Array, text: TextKV, *, frame_pos: Array,
-                     self_mask: Array | np.ndarray | None, memory: MemoryView,
+                     self_mask: BlockCausal | Array | np.ndarray | None, memory: MemoryView,
                      hook: LayerHook) -> tuple[Array, FrameKV, Any]:
     """Like `__call__`, but each layer's memory keys/values come from `hook` (`memory.k/v` are ignored and may be
     None). Returns (flow, chunk FrameKV [L, B, F, Q, N, H], the hook's per-layer outputs stacked over L)."""
@@ -198,7 +203,7 @@ class CausalWanDiT(nnx.Module):
     e, e0 = e.reshape(b, f, cfg.dim), e0.reshape(b, f, 6, cfg.dim)
 
     cos, sin = rope_cos_sin(frame_pos, (hp, wp), cfg.head_dim)  # [F, Q, H/2]
-    mask = _attention_mask(b, f * q_len, q_len, self_mask, memory)
+    mask = self_mask if self_mask is None or isinstance(self_mask, BlockCausal) else jnp.asarray(self_mask, bool)
     if memory is not None:
       mem_cos, mem_sin = rope_cos_sin(memory.pos, (hp, wp), cfg.head_dim)  # [B, M, Q, H/2]
       mem_xs = hook.xs if hook is not None else (memory.k, memory.v)
@@ -213,11 +218,11 @@ class CausalWanDiT(nnx.Module):
       if memory is None:
         mem = None
       elif hook is None:
-        mem = MemoryKV(*mem_l, mem_cos, mem_sin)
+        mem = SlotMemory(*mem_l, memory.slots, memory.valid, mem_cos, mem_sin)
       else:
         def mem(chunk_kv):
           (k, v), aux = hook.fn(mem_l, chunk_kv)
-          return MemoryKV(k, v, mem_cos, mem_sin), aux
+          return SlotMemory(k, v, None, memory.valid, mem_cos, mem_sin), aux
       h, chunk_kv, aux = block(h, e0, text_k, text_v, cos, sin, mask, mem)
       return h, (chunk_kv, aux, h if capturing else None)
 
@@ -240,19 +245,6 @@ class CausalWanDiT(nnx.Module):
     """
     _, f, hl, wl, _ = x.shape
     _, ph, pw = self.config.patch_size
-    mask = block_causal_mask(f, (hl // ph) * (wl // pw), chunk_frames, local_window_frames)
+    mask = BlockCausal((hl // ph) * (wl // pw), chunk_frames, local_window_frames)
     flow, _ = self(x, t, self.text_kv(context), frame_pos=jnp.arange(f, dtype=jnp.int32), self_mask=mask)
     return flow
-
-
-def _attention_mask(batch: int, num_tokens: int, frame_tokens: int, self_mask, memory: MemoryView | None):
-  """bool [B, 1, T, S] over keys [memory slots..., chunk tokens...], or None when nothing is masked."""
-  if memory is None and self_mask is None:
-    return None
-  chunk = (jnp.ones((num_tokens, num_tokens), bool) if self_mask is None else jnp.asarray(self_mask, bool))
-  chunk = jnp.broadcast_to(chunk, (batch, 1, num_tokens, num_tokens))
-  if memory is None:
-    return chunk
-  slots = jnp.repeat(memory.valid.astype(bool), frame_tokens, axis=1)  # [B, M*Q]
-  slots = jnp.broadcast_to(slots[:, None, None, :], (batch, 1, num_tokens, slots.shape[1]))
-  return jnp.concatenate([slots, chunk], axis=-1)

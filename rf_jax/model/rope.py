@@ -18,6 +18,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from rf_jax.ops.rope import apply_rope  # noqa: F401  (re-exported: the model's RoPE)
+
 Array = jax.Array
 
 TABLE_SIZE = 1024  # rows of the reference table, and of our low-level table
@@ -78,15 +80,3 @@ def rope_cos_sin(frame_pos: Array, grid_hw: tuple[int, int], head_dim: int) -> t
   cs = jnp.broadcast_to(jnp.asarray(cs), (*lead, *cs.shape))
   ss = jnp.broadcast_to(jnp.asarray(ss), (*lead, *ss.shape))
   return jnp.concatenate([ct, cs], axis=-1), jnp.concatenate([st, ss], axis=-1)
-
-
-def apply_rope(x: Array, cos: Array, sin: Array) -> Array:
-  """Rotates interleaved pairs: x [..., Q, N, H], cos/sin [..., Q, H/2] (broadcast over heads N) -> like x.
-
-  Computed in float32 and cast back to x's dtype.
-  """
-  xf = x.astype(jnp.float32).reshape(*x.shape[:-1], x.shape[-1] // 2, 2)
-  a, b = xf[..., 0], xf[..., 1]  # [..., Q, N, c]
-  cos, sin = cos[..., None, :], sin[..., None, :]  # [..., Q, 1, c]
-  out = jnp.stack([a * cos - b * sin, a * sin + b * cos], axis=-1)
-  return out.reshape(x.shape).astype(x.dtype)

@@ -1,6 +1,9 @@
-"""Numerical operations shared by the models: attention and its backends."""
+"""Numerical operations shared by the models: attention, its backends, masks and the RoPE rotation."""
 
-from rf_jax.ops.attention import AttnImpl, attention
+from rf_jax.ops.attention import AttnImpl, attention, resolve
+from rf_jax.ops.masks import BlockCausal, block_causal_mask
+from rf_jax.ops.memory import SlotMemory
 from rf_jax.ops.reference import reference_attention
 
-__all__ = ["AttnImpl", "attention", "reference_attention"]
+__all__ = ["AttnImpl", "BlockCausal", "SlotMemory", "attention", "block_causal_mask", "reference_attention",
+           "resolve"]

@@ -1,29 +1,140 @@
 """The one dispatch point for attention backends.
 
-Every attention in the package goes through `attention(...)`. Backends are an enum; kernels live in
-`rf_jax.kernels` and are imported lazily by the branch that needs them.
+Every attention in the package goes through `attention(...)`: the chunk's queries attend to the keys of a memory
+(frame slots of a reservoir read through a slot table, rotated to the policy's RoPE positions) and to the chunk's
+own keys, under no mask, the structured block-causal training mask, or (reference/cudnn only) a dense bool mask.
+Backends are an enum; kernels live in `rf_jax.kernels` and are imported lazily by the branch that needs them.
+
+  reference    plain XLA einsum + softmax; gathers and rotates the memory; materialises the logits. The oracle.
+  cudnn        jax.nn.dot_product_attention(implementation="cudnn") on [chunk keys, valid memory entries first]
+               with the valid length as a padding mask; bf16/fp16 only. Memory keys are gathered and rotated first.
+  pallas_gpu   rf_jax.kernels.gpu_attention (Pallas on Triton): slot table in place, RoPE fused, invalid entries
+               and masked-off blocks skipped.
+  pallas_tpu   rf_jax.kernels.tpu_attention (Pallas Mosaic): slot table by scalar prefetch, RoPE fused.
+  auto         per platform and dtype, from the measured table `AUTO` (scripts/bench_attention.py); the
+               environment variable RF_JAX_ATTENTION=<backend> overrides it.
+
+On CPU the Pallas backends run in interpret mode (there is no Pallas compiler for CPU), which is how the tests
+check them.
 """
 
 from __future__ import annotations
 
 import enum
+import os
 
 import jax
+import jax.numpy as jnp
 
-from rf_jax.ops.reference import reference_attention
+from rf_jax.ops.masks import BlockCausal
+from rf_jax.ops.memory import SlotMemory, compact_entries
+from rf_jax.ops.reference import dense_mask, gather_memory, reference_memory_attention
 
 Array = jax.Array
 
 
 class AttnImpl(enum.Enum):
-  REFERENCE = "reference"  # plain XLA einsum + softmax (materialises the logits)
+  AUTO = "auto"
+  REFERENCE = "reference"
+  CUDNN = "cudnn"
+  PALLAS_GPU = "pallas_gpu"
+  PALLAS_TPU = "pallas_tpu"
+
+  @classmethod
+  def parse(cls, name: "str | AttnImpl") -> "AttnImpl":
+    if isinstance(name, cls):
+      return name
+    try:
+      return cls(name)
+    except ValueError:
+      raise ValueError(f"unknown attention backend {name!r}; expected one of "
+                       f"{', '.join(i.value for i in cls)}") from None
 
 
-def attention(q: Array, k: Array, v: Array, mask: Array | None = None, *,
-              impl: AttnImpl = AttnImpl.REFERENCE) -> Array:
-  """Scaled dot-product attention. q: [B, T, N, H]; k, v: [B, S, N, H]; mask: bool broadcastable to [B, N, T, S]."""
+# What `auto` picks: (platform, dtype kind) -> backend, from scripts/bench_attention.py (README, Benchmarks).
+# dtype kind is "half" for bfloat16/float16 and "float32" otherwise. cuDNN takes half precision only.
+AUTO = {
+    ("cpu", "half"): AttnImpl.REFERENCE,
+    ("cpu", "float32"): AttnImpl.REFERENCE,
+    ("gpu", "half"): AttnImpl.PALLAS_GPU,
+    ("gpu", "float32"): AttnImpl.PALLAS_GPU,
+    ("tpu", "half"): AttnImpl.PALLAS_TPU,
+    ("tpu", "float32"): AttnImpl.PALLAS_TPU,
+}
+_KERNELS = (AttnImpl.PALLAS_GPU, AttnImpl.PALLAS_TPU)
+
+
+def platform() -> str:
+  p = jax.default_backend()
+  return "gpu" if p in ("gpu", "cuda", "rocm") else p
+
+
+def resolve(impl: "AttnImpl | str", dtype, mask=None) -> AttnImpl:
+  """The backend a call will use: `auto` resolved for this platform, dtype and mask."""
+  impl = AttnImpl.parse(impl)
+  if impl is AttnImpl.AUTO:
+    env = os.environ.get("RF_JAX_ATTENTION")
+    if env:
+      impl = AttnImpl.parse(env)
+  if impl is AttnImpl.AUTO:
+    half = jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16)
+    impl = AUTO.get((platform(), "half" if half else "float32"), AttnImpl.REFERENCE)
+    if impl in _KERNELS and mask is not None and not isinstance(mask, BlockCausal):
+      impl = AttnImpl.REFERENCE  # a dense mask has no structure a kernel could skip on
+  return impl
+
+
+def attention(q: Array, k: Array, v: Array, *, memory: SlotMemory | None = None,
+              mask: BlockCausal | Array | None = None, impl: AttnImpl | str = AttnImpl.AUTO) -> Array:
+  """softmax(q K^T / sqrt(H)) V over keys [memory entries..., chunk keys...], logits and softmax in float32.
+
+  q: [B, T, N, H] with RoPE applied; k, v: [B, S, N, H] the chunk's keys (RoPE applied) and values; memory: the
+  layer's memory (keys before RoPE; see `SlotMemory`); mask among the chunk's tokens: None (full), a
+  `BlockCausal`, or a dense bool array broadcastable to [B, N, T, S] (True = may attend). Memory entries are masked
+  by their validity only. Returns [B, T, N, H] in q's dtype.
+  """
+  impl = resolve(impl, q.dtype, mask)
   match impl:
     case AttnImpl.REFERENCE:
-      return reference_attention(q, k, v, mask)
+      return reference_memory_attention(q, k, v, memory, mask)
+    case AttnImpl.CUDNN:
+      return cudnn_attention(q, k, v, memory, mask)
+    case AttnImpl.PALLAS_GPU:
+      from rf_jax.kernels import gpu_attention
+      return gpu_attention.memory_attention(q, k, v, memory, mask, interpret=platform() != "gpu")
+    case AttnImpl.PALLAS_TPU:
+      from rf_jax.kernels import tpu_attention
+      return tpu_attention.memory_attention(q, k, v, memory, mask, interpret=platform() != "tpu")
     case _:
       raise ValueError(f"unknown attention backend {impl!r}")
+
+
+def cudnn_attention(q: Array, k: Array, v: Array, memory: SlotMemory | None, mask) -> Array:
+  """cuDNN flash attention. Keys are [chunk..., valid memory entries first...] so that validity is a padding
+  length cuDNN skips without a mask; a block-causal or dense mask is materialised as cuDNN's bias."""
+  if q.dtype not in (jnp.bfloat16, jnp.float16):
+    raise ValueError(f"cudnn attention needs bfloat16 or float16 inputs, got {q.dtype}; use compute dtype "
+                     "bfloat16 or another backend")
+  b, t, _, _ = q.shape
+  s = k.shape[1]
+  lengths = None
+  if memory is not None:
+    count, entry, slot = compact_entries(memory)
+    take = lambda a: jnp.take_along_axis(a, entry[:, :, None, None], axis=1)  # noqa: E731  [B, M, Q, h]
+    ordered = SlotMemory(memory.k, memory.v, slot, jnp.take_along_axis(memory.valid, entry, axis=1),
+                         take(memory.cos), take(memory.sin))
+    mk, mv = gather_memory(ordered, q.dtype)
+    k, v = jnp.concatenate([k, mk], axis=1), jnp.concatenate([v, mv], axis=1)
+    lengths = s + count * memory.k.shape[2]  # [B]
+    if mask is not None:
+      full = dense_mask(ordered, mask, b, t, s)  # [B, 1, T, M*Q + S] over [memory..., chunk...]
+      mask = jnp.concatenate([full[..., -s:], full[..., :-s]], axis=-1)
+      lengths = None
+  elif isinstance(mask, BlockCausal):
+    mask = jnp.asarray(mask.dense(t))
+  if lengths is None:
+    lengths_arg = {}
+  else:
+    lengths_arg = dict(query_seq_lengths=jnp.full((b,), t, jnp.int32), key_value_seq_lengths=lengths)
+  return jax.nn.dot_product_attention(q, k, v, mask=None if mask is None else jnp.asarray(mask, bool),
+                                      implementation="cudnn", **lengths_arg)

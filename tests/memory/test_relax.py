@@ -29,7 +29,10 @@ def random_memory(policy, frames, batch=1, seed=0, layers=2, q=3, n=2, h=8):
 
 @functools.lru_cache(maxsize=None)
 def selector(policy):
-  return jax.jit(lambda params, res, c: policy.begin_chunk(params, res, Chunk(c, F))[1])
+  def run(params, res, c):
+    res, ctx = policy.begin_chunk(params, res, Chunk(c, F))
+    return policy.call_view(params, res, ctx, Chunk(c, F)).memory, ctx[1]
+  return jax.jit(run)
 
 
 def select(policy, res, c):
@@ -89,9 +92,10 @@ def test_choice_is_the_argmax_of_an_independent_score_and_the_view_is_sink_histo
     assert trace["memory_frames"][0].tolist() == [0, 1, chosen, c - 1]  # the tail is the previous frame
     expected_pos = [c - 4, c - 3, c - 2, c - 1] if positions == "hybrid" else [0, 1, chosen, c - 1]
     assert trace["memory_positions"][0].tolist() == expected_pos
-    # the view's keys are the stored keys of exactly those frames, in every layer
-    np.testing.assert_array_equal(np.asarray(view.k)[:, 0], keys[:, 0, [0, 1, chosen, c - 1]])
-    np.testing.assert_array_equal(np.asarray(view.v)[:, 0], 2 * keys[:, 0, [0, 1, chosen, c - 1]])
+    # the view's slot table points at the stored keys of exactly those frames, in every layer
+    slots = np.asarray(view.slots)[0]
+    np.testing.assert_array_equal(np.asarray(view.k)[:, 0, slots], keys[:, 0, [0, 1, chosen, c - 1]])
+    np.testing.assert_array_equal(np.asarray(view.v)[:, 0, slots], 2 * keys[:, 0, [0, 1, chosen, c - 1]])
 
 
 def test_batch0_applies_sample_zeros_choice_and_per_sample_chooses_each():
