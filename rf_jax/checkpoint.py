@@ -30,10 +30,10 @@ FORMAT = "rf_jax.dit/1"
 Path = tuple[str | int, ...]
 
 
-def abstract_model(config: ModelConfig, *, dtype=jnp.float32) -> Any:
+def abstract_model(config: ModelConfig, *, dtype=jnp.float32, attn_impl="auto") -> Any:
   """The DiT with shapes but no allocated arrays (`nnx.eval_shape`)."""
   from rf_jax.model import CausalWanDiT
-  return nnx.eval_shape(lambda: CausalWanDiT(config, dtype=dtype, rngs=nnx.Rngs(0)))
+  return nnx.eval_shape(lambda: CausalWanDiT(config, dtype=dtype, attn_impl=attn_impl, rngs=nnx.Rngs(0)))
 
 
 def param_shapes(config: ModelConfig) -> dict[Path, tuple[int, ...]]:
@@ -47,9 +47,9 @@ def _param_shapes(config: ModelConfig) -> tuple[tuple[Path, tuple[int, ...]], ..
   return tuple((tuple(path), tuple(v.shape)) for path, v in nnx.to_flat_state(state))
 
 
-def model_from_params(config: ModelConfig, params: Mapping, *, dtype=jnp.float32) -> Any:
+def model_from_params(config: ModelConfig, params: Mapping, *, dtype=jnp.float32, attn_impl="auto") -> Any:
   """A `CausalWanDiT` computing in `dtype` whose parameters are `params` (a nested dict of arrays)."""
-  model = abstract_model(config, dtype=dtype)
+  model = abstract_model(config, dtype=dtype, attn_impl=attn_impl)
   state = nnx.state(model, nnx.Param)
   nnx.replace_by_pure_dict(state, params)
   nnx.update(model, state)
@@ -196,7 +196,8 @@ def load_params(path: str | os.PathLike, *, shardings: ShardingSpec = None) -> t
   return config, state
 
 
-def load_model(path: str | os.PathLike, *, dtype=jnp.float32, shardings: ShardingSpec = None):
-  """Restores a checkpoint into a `CausalWanDiT` computing in `dtype` (shardings as in `load_params`)."""
+def load_model(path: str | os.PathLike, *, dtype=jnp.float32, shardings: ShardingSpec = None, attn_impl="auto"):
+  """Restores a checkpoint into a `CausalWanDiT` computing in `dtype` with attention backend `attn_impl`
+  (shardings as in `load_params`)."""
   config, restored = _restore_tree(path, shardings)
-  return model_from_params(config, restored, dtype=dtype)
+  return model_from_params(config, restored, dtype=dtype, attn_impl=attn_impl)

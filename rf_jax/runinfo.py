@@ -10,7 +10,9 @@ import jax
 
 
 def git_commit() -> str | None:
-  """Short commit of the rf_jax checkout, or None outside a git checkout."""
+  """Short commit of the rf_jax checkout ($RF_JAX_COMMIT where the code runs from a copy without .git), or None."""
+  if os.environ.get("RF_JAX_COMMIT"):
+    return os.environ["RF_JAX_COMMIT"]
   try:
     here = os.path.dirname(os.path.abspath(__file__))
     out = subprocess.run(["git", "-C", here, "rev-parse", "--short", "HEAD"], capture_output=True, text=True,

@@ -1,12 +1,16 @@
 """Rollout benchmark: compile time, steady-state time per chunk and memory of each memory policy.
 
-Prints one JSON line per (policy, frames): device, versions, commit, compile seconds (the first chunk, apart),
-the median seconds of the following chunks, the memory state's bytes, and peak memory (device where reported,
-else host RSS). Memory that stays flat as videos grow shows as the same state_bytes for every --frames (the host
+Prints one JSON line per (policy, frames): device, versions, commit, the attention backend, compile seconds (the
+first chunk, apart), the median seconds of the chunks after the memory's warm-up, latent frames per second and video
+frames per second (4 video frames per latent frame, as the Wan VAE decodes), the model FLOPs of a steady chunk
+and the model-FLOPs utilisation against --peak-tflops, the memory state's bytes, and peak memory (device where
+reported, else host RSS). Memory that stays flat as videos grow shows as the same state_bytes for every --frames (the host
 RSS peak is a lifetime maximum of the process, so compare it across separate runs, as `rf-jax generate` does).
 
   .venv/bin/python scripts/bench_rollout.py --preset tiny --latent-hw 8 8 --frames 200 2000
   .venv/bin/python scripts/bench_rollout.py --checkpoint ckpt/sf_dmd --compute-dtype bfloat16 --frames 120 240
+  python scripts/bench_rollout.py --preset wan2.1-t2v-1.3b --latent-hw 60 104 --compute-dtype bfloat16 \
+      --param-dtype bfloat16 --frames 30 --attention pallas_gpu            # the real 1.3B shapes, random weights
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from rf_jax.config import get_preset
 from rf_jax.runinfo import git_commit, peak_bytes
 from rf_jax.memory import RelaxPolicy, SlowFastPolicy, WindowPolicy
 from rf_jax.model import CausalWanDiT
+from rf_jax.ops import AttnImpl, resolve
 from rf_jax.sampling import Rollout, Sampler
 
 POLICIES = {
@@ -43,17 +48,24 @@ def main():
   p.add_argument("--frames", type=int, nargs="+", default=[200, 2000])
   p.add_argument("--policies", nargs="+", default=list(POLICIES), choices=list(POLICIES))
   p.add_argument("--compute-dtype", choices=["float32", "bfloat16"], default="float32")
+  p.add_argument("--param-dtype", choices=["float32", "bfloat16"], default="float32")
+  p.add_argument("--attention", default="auto", choices=[i.value for i in AttnImpl])
+  p.add_argument("--steps", type=int, default=4, help="denoising steps per chunk (plus one clean refill call)")
+  p.add_argument("--peak-tflops", type=float, default=989.0,
+                 help="the device's dense peak for the compute dtype, for MFU (H100/H200 SXM bf16: 989)")
   args = p.parse_args()
-  dtype = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[args.compute_dtype]
-  model = (checkpoint.load_model(args.checkpoint, dtype=dtype) if args.checkpoint
-           else CausalWanDiT(get_preset(args.preset), dtype=dtype, rngs=nnx.Rngs(0)))
+  dtypes = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+  dtype = dtypes[args.compute_dtype]
+  model = (checkpoint.load_model(args.checkpoint, dtype=dtype, attn_impl=args.attention) if args.checkpoint
+           else CausalWanDiT(get_preset(args.preset), dtype=dtype, param_dtype=dtypes[args.param_dtype],
+                             attn_impl=args.attention, rngs=nnx.Rngs(0)))
   cfg = model.config
   context = jax.random.normal(jax.random.key(1), (1, cfg.text_len, cfg.text_dim))
   for name in args.policies:
     for frames in args.frames:
       frames = -(-frames // 3) * 3
-      r = Rollout(model, POLICIES[name], Sampler.from_steps(), batch=1, latent_hw=tuple(args.latent_hw),
-                  frames=frames)
+      sampler = Sampler.from_steps(_steps(args.steps))
+      r = Rollout(model, POLICIES[name], sampler, batch=1, latent_hw=tuple(args.latent_hw), frames=frames)
       text = r.text_kv(context)
       state = r.init_state()
       key = jax.random.key(0)
@@ -65,13 +77,51 @@ def main():
         jax.block_until_ready(out.latents)
         times.append(time.perf_counter() - t0)
       peak, source = peak_bytes()
+      steady = times[WARMUP_CHUNKS:] or times[1:] or times
+      median = float(np.median(steady))
+      f = r.sampler.chunk_frames
+      flops = chunk_flops(cfg, tuple(args.latent_hw), f, attended_frames(POLICIES[name], f, frames),
+                          args.steps + 1)
       print(json.dumps({
           "bench": "rollout", "policy": name, "frames": frames, "chunks": r.num_chunks,
           "model": args.checkpoint or args.preset, "latent_hw": list(args.latent_hw), "dtype": args.compute_dtype,
+          "param_dtype": args.param_dtype, "attention": resolve(args.attention, dtype).value,
+          "calls_per_chunk": args.steps + 1,
           "compile_seconds": round(times[0], 3), "compile_count": r.compile_count,
-          "steady_median_seconds_per_chunk": round(float(np.median(times[1:])), 5) if len(times) > 1 else None,
+          "steady_median_seconds_per_chunk": round(median, 5),
+          "latent_fps": round(f / median, 2), "video_fps": round(4 * f / median, 2),
+          "steady_chunk_tflop": round(flops / 1e12, 3), "achieved_tflops": round(flops / median / 1e12, 1),
+          "mfu": round(flops / median / 1e12 / args.peak_tflops, 3),
           "state_bytes": state_bytes, "peak_bytes": peak, "peak_bytes_source": source,
           "device": str(jax.devices()[0]), "jax": jax.__version__, "flax": flax.__version__, "commit": git_commit()}), flush=True)
+
+
+WARMUP_CHUNKS = 3  # the first chunk compiles; relax's memory is dense for chunks 0-1 and relaxed from chunk 2
+
+
+def _steps(n):
+  return {4: (1000, 750, 500, 250), 3: (1000, 757, 522), 2: (1000, 500), 1: (1000,)}[n]
+
+
+def attended_frames(policy, chunk_frames: int, frames: int) -> int:
+  """Frames a steady-state call attends to, its own chunk included."""
+  if isinstance(policy, WindowPolicy):
+    return frames if policy.window_frames == -1 else min(policy.window_frames, frames)
+  if isinstance(policy, RelaxPolicy):
+    return policy.view_slots() + chunk_frames
+  return policy.sink_frames + policy.slow_frames + policy.fast_frames  # slow-fast: the 21-frame budget
+
+
+def chunk_flops(cfg, latent_hw, chunk_frames: int, attended: int, calls: int) -> float:
+  """Model FLOPs of one chunk (matmuls and attention; 2 per multiply-add), the text keys precomputed."""
+  q_len = (latent_hw[0] // cfg.patch_size[1]) * (latent_hw[1] // cfg.patch_size[2])
+  t, d = chunk_frames * q_len, cfg.dim
+  per_layer = (2 * t * d * d * 4          # self-attention q, k, v, o
+               + 2 * t * d * d * 2        # cross-attention q, o
+               + 2 * t * d * cfg.ffn_dim * 2  # FFN
+               + 4 * t * attended * q_len * d  # self-attention scores and values
+               + 4 * t * cfg.text_len * d)    # cross-attention
+  return float(calls * cfg.num_layers * per_layer)
 
 
 if __name__ == "__main__":

@@ -16,3 +16,14 @@ def fixture_dir(name: str) -> str:
       pytest.fail(f"reference fixtures missing at {path} (RF_JAX_REQUIRE_FIXTURES is set)")
     pytest.skip(f"reference fixtures not found at {path}; set RF_JAX_FIXTURES")
   return path
+
+
+def pytest_collection_modifyitems(config, items):
+  """Tests marked `gpu` run only where JAX sees a GPU (never in CI, which has none)."""
+  import jax
+  if jax.default_backend() == "gpu":
+    return
+  skip = pytest.mark.skip(reason="needs a GPU (jax.default_backend() is not 'gpu')")
+  for item in items:
+    if "gpu" in item.keywords:
+      item.add_marker(skip)

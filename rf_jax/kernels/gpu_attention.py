@@ -63,10 +63,13 @@ def _dot_t(a, b):
   return plgpu.dot(a, b, trans_b=True, allow_tf32=False)
 
 
-def _kernel(*refs, has_memory: bool, causal: BlockCausal | None, num_queries: int, num_keys: int,
+def _kernel(*refs, has_memory: bool, rotate: bool, causal: BlockCausal | None, num_queries: int, num_keys: int,
             frame_tokens: int, head_dim: int, block_q: int, block_k: int, qk_scale: float, strided: bool):
   if has_memory:
-    count_ref, entry_ref, slot_ref, q_ref, k_ref, v_ref, mk_ref, mv_ref, cos_ref, sin_ref, o_ref = refs
+    if rotate:
+      count_ref, entry_ref, slot_ref, q_ref, k_ref, v_ref, mk_ref, mv_ref, cos_ref, sin_ref, o_ref = refs
+    else:
+      count_ref, entry_ref, slot_ref, q_ref, k_ref, v_ref, mk_ref, mv_ref, o_ref = refs
   else:
     q_ref, k_ref, v_ref, o_ref = refs
   i = pl.program_id(0)
@@ -91,10 +94,13 @@ def _kernel(*refs, has_memory: bool, causal: BlockCausal | None, num_queries: in
       ok = cols < frame_tokens
       krows = pl.ds(k0, block_k)
       ke, ko = _halves(mk_ref.at[slot], krows, ok[:, None], strided)  # [bk, h] each
-      ke, ko = ke.astype(jnp.float32), ko.astype(jnp.float32)
-      c = plgpu.load(cos_ref.at[entry, krows, :], mask=ok[:, None], other=0.0)  # [bk, h] f32
-      s = plgpu.load(sin_ref.at[entry, krows, :], mask=ok[:, None], other=0.0)
-      re, ro = (ke * c - ko * s).astype(dtype), (ke * s + ko * c).astype(dtype)
+      if rotate:
+        ke, ko = ke.astype(jnp.float32), ko.astype(jnp.float32)
+        c = plgpu.load(cos_ref.at[entry, krows, :], mask=ok[:, None], other=0.0)  # [bk, h] f32
+        s = plgpu.load(sin_ref.at[entry, krows, :], mask=ok[:, None], other=0.0)
+        re, ro = (ke * c - ko * s).astype(dtype), (ke * s + ko * c).astype(dtype)
+      else:
+        re, ro = ke.astype(dtype), ko.astype(dtype)
       logits = (_dot_t(qe, re) + _dot_t(qo, ro)) * qk_scale  # [bq, bk]
       logits = jnp.where(ok[None, :], logits, _NEG)
       v = plgpu.load(mv_ref.at[slot, krows, :], mask=ok[:, None], other=0.0)  # [bk, H]
@@ -156,7 +162,7 @@ def _forward(q, k, v, memory, mask, *, block_q, block_k, num_warps, num_stages, 
   s = k.shape[1]
   frame_tokens = 0 if memory is None else memory.k.shape[2]
   kernel = functools.partial(
-      _kernel, has_memory=memory is not None, causal=mask, num_queries=t, num_keys=s, frame_tokens=frame_tokens,
+      _kernel, has_memory=memory is not None, rotate=memory is not None and memory.cos is not None, causal=mask, num_queries=t, num_keys=s, frame_tokens=frame_tokens,
       head_dim=h, block_q=block_q, block_k=block_k, qk_scale=h ** -0.5 * _LOG2E,
       strided=not interpret)
   per_head = lambda length: pl.BlockSpec((None, length, None, h), lambda i, bi, ni: (bi, 0, ni, 0))  # noqa: E731
@@ -168,10 +174,11 @@ def _forward(q, k, v, memory, mask, *, block_q, block_k, num_warps, num_stages, 
     reservoir = pl.BlockSpec((None, r, frame_tokens, None, h), lambda i, bi, ni: (bi, 0, 0, ni, 0))
     angles = pl.BlockSpec((None, m, frame_tokens, h // 2), lambda i, bi, ni: (bi, 0, 0, 0))
     table = pl.BlockSpec((None, m), lambda i, bi, ni: (bi, 0))
-    in_specs = [pl.BlockSpec((None, 1), lambda i, bi, ni: (bi, 0)), table, table, *in_specs, reservoir, reservoir,
-                angles, angles]
-    args = [count[:, None], entry, slot, *args, memory.k, memory.v,
-            memory.cos.astype(jnp.float32), memory.sin.astype(jnp.float32)]
+    in_specs = [pl.BlockSpec((None, 1), lambda i, bi, ni: (bi, 0)), table, table, *in_specs, reservoir, reservoir]
+    args = [count[:, None], entry, slot, *args, memory.k, memory.v]
+    if memory.cos is not None:
+      in_specs += [angles, angles]
+      args += [memory.cos.astype(jnp.float32), memory.sin.astype(jnp.float32)]
   return pl.pallas_call(
       kernel,
       out_shape=jax.ShapeDtypeStruct(q.shape, q.dtype),
@@ -242,4 +249,4 @@ def _memory_cotangent(memory, dfloats):
     return None
   zero = lambda a: None if a is None else jnp.zeros(a.shape, jax.dtypes.float0)  # noqa: E731
   dk, dv, dcos, dsin = dfloats
-  return SlotMemory(dk, dv, zero(memory.slots), zero(memory.valid), dcos, dsin)
+  return SlotMemory(dk, dv, zero(memory.slots), zero(memory.valid), dcos, dsin)  # None angles stay None

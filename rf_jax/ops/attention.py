@@ -121,8 +121,8 @@ def cudnn_attention(q: Array, k: Array, v: Array, memory: SlotMemory | None, mas
   if memory is not None:
     count, entry, slot = compact_entries(memory)
     take = lambda a: jnp.take_along_axis(a, entry[:, :, None, None], axis=1)  # noqa: E731  [B, M, Q, h]
-    ordered = SlotMemory(memory.k, memory.v, slot, jnp.take_along_axis(memory.valid, entry, axis=1),
-                         take(memory.cos), take(memory.sin))
+    angles = (None, None) if memory.cos is None else (take(memory.cos), take(memory.sin))
+    ordered = SlotMemory(memory.k, memory.v, slot, jnp.take_along_axis(memory.valid, entry, axis=1), *angles)
     mk, mv = gather_memory(ordered, q.dtype)
     k, v = jnp.concatenate([k, mk], axis=1), jnp.concatenate([v, mv], axis=1)
     lengths = s + count * memory.k.shape[2]  # [B]

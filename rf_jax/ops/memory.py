@@ -17,14 +17,15 @@ class SlotMemory(NamedTuple):
   """One layer's memory: entry m is reservoir slot `slots[b, m]`, its keys rotated by RoPE angles cos/sin[b, m].
 
   Keys are stored before RoPE; backends rotate them (fused in the kernels, before the matmul in the reference).
-  `slots=None` means entry m is slot m (M = R). Invalid entries are masked out, and the kernels skip them.
+  `slots=None` means entry m is slot m (M = R); `cos=sin=None` means the keys are stored already rotated.
+  Invalid entries are masked out, and the kernels skip them.
   """
   k: Array  # [B, R, Q, N, H] pre-RoPE keys
   v: Array  # [B, R, Q, N, H]
   slots: Array | None  # int32 [B, M]
   valid: Array  # bool [B, M]
-  cos: Array  # float32 [B, M, Q, H/2]
-  sin: Array  # float32 [B, M, Q, H/2]
+  cos: Array | None  # float32 [B, M, Q, H/2]
+  sin: Array | None  # float32 [B, M, Q, H/2]
 
   @property
   def num_entries(self) -> int:

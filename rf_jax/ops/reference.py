@@ -40,7 +40,7 @@ def gather_memory(memory: SlotMemory, dtype) -> tuple[Array, Array]:
     idx = memory.slots.astype(jnp.int32)[:, :, None, None, None]  # [B, M, 1, 1, 1]
     k = jnp.take_along_axis(k, idx, axis=1, mode="clip")  # [B, M, Q, N, H]
     v = jnp.take_along_axis(v, idx, axis=1, mode="clip")
-  k = apply_rope(k.astype(dtype), memory.cos, memory.sin)
+  k = k.astype(dtype) if memory.cos is None else apply_rope(k.astype(dtype), memory.cos, memory.sin)
   b, m, q_len, n, h = k.shape
   return k.reshape(b, m * q_len, n, h), v.astype(dtype).reshape(b, m * q_len, n, h)
 
@@ -53,10 +53,18 @@ def dense_mask(memory: SlotMemory | None, mask, batch: int, num_queries: int, nu
     return None if mask is None else jnp.asarray(mask, bool)
   chunk = jnp.ones((num_queries, num_keys), bool) if mask is None else jnp.asarray(mask, bool)
   chunk = jnp.broadcast_to(chunk, (batch, 1, num_queries, num_keys))
-  q_len = memory.cos.shape[2]
+  q_len = memory.k.shape[2]
   slots = jnp.repeat(memory.valid.astype(bool), q_len, axis=1)  # [B, M*Q]
   slots = jnp.broadcast_to(slots[:, None, None, :], (batch, 1, num_queries, slots.shape[1]))
   return jnp.concatenate([slots, chunk], axis=-1)
+
+
+def rotate_memory(memory: SlotMemory, dtype) -> SlotMemory:
+  """The memory with its entries gathered and rotated by XLA: M contiguous, already-rotated slots."""
+  k, v = gather_memory(memory, dtype)
+  b, m = memory.valid.shape
+  shape = (b, m, memory.k.shape[2], *memory.k.shape[3:])
+  return SlotMemory(k.reshape(shape), v.reshape(shape), None, memory.valid, None, None)
 
 
 def reference_memory_attention(q: Array, k: Array, v: Array, memory: SlotMemory | None, mask) -> Array:
