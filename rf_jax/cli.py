@@ -11,6 +11,8 @@ from typing import Sequence
 
 from rf_jax.config import PRESETS, ModelConfig
 
+ATTENTION_BACKENDS = ("auto", "reference", "cudnn", "pallas_gpu", "pallas_tpu")  # rf_jax.ops.AttnImpl's values
+
 
 def resolve_config(spec: str | None, src: str | None = None) -> ModelConfig:
   """A preset name, a Wan `config.json`, a fixture `config.json` (constructor_args), or an rf_jax checkpoint."""
@@ -107,9 +109,10 @@ def cmd_forward(args) -> int:
   from rf_jax.model import CausalWanDiT
   dtype = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[args.compute_dtype]
   if args.checkpoint:
-    model = checkpoint.load_model(args.checkpoint, dtype=dtype)
+    model = checkpoint.load_model(args.checkpoint, dtype=dtype, attn_impl=args.attention)
   else:
-    model = CausalWanDiT(resolve_config(args.preset), dtype=dtype, rngs=nnx.Rngs(args.seed))
+    model = CausalWanDiT(resolve_config(args.preset), dtype=dtype, attn_impl=args.attention,
+                         rngs=nnx.Rngs(args.seed))
   cfg = model.config
   kx, kc = jax.random.split(jax.random.key(args.seed))
   h, w = args.latent_hw
@@ -132,7 +135,8 @@ def cmd_forward(args) -> int:
     np.save(os.path.join(tmp, "flow.npy"), np.asarray(flow))
     write_json_atomic(os.path.join(tmp, "summary.json"), {
         "model": cfg.to_dict(), "frames": args.frames, "batch": args.batch, "latent_hw": [h, w],
-        "compute_dtype": args.compute_dtype, "seed": args.seed, "first_call_seconds": round(first, 3),
+        "compute_dtype": args.compute_dtype, "attention": model.attention_backend().value, "seed": args.seed,
+        "first_call_seconds": round(first, 3),
         "steady_seconds": round(steady, 4), "flow_rms": float(jnp.sqrt(jnp.mean(flow**2))),
         "device": str(jax.devices()[0]), "jax": jax.__version__})
   print(f"wrote {os.path.abspath(args.out)}: flow {tuple(flow.shape)}, first call {first:.2f}s "
@@ -170,10 +174,11 @@ def cmd_generate(args) -> int:
                                chunk_frames=args.chunk_frames)
   dtype = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[args.compute_dtype]
   if args.checkpoint:
-    model = checkpoint.load_model(args.checkpoint, dtype=dtype)
+    model = checkpoint.load_model(args.checkpoint, dtype=dtype, attn_impl=args.attention)
     source = {"checkpoint": os.path.abspath(args.checkpoint)}
   else:
-    model = CausalWanDiT(resolve_config(args.preset), dtype=dtype, rngs=nnx.Rngs(args.seed))
+    model = CausalWanDiT(resolve_config(args.preset), dtype=dtype, attn_impl=args.attention,
+                         rngs=nnx.Rngs(args.seed))
     source = {"preset": args.preset, "weights": f"random (seed {args.seed})"}
   latent_hw = tuple(args.latent_hw) if args.latent_hw else ((8, 8) if args.preset == "tiny" and not args.checkpoint
                                                             else (60, 104))
@@ -251,6 +256,9 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--shift", type=float, default=5.0, help="timestep shift of the flow schedule")
   p.add_argument("--context-noise", type=float, default=0.0, help="timestep of the cache-refill call")
   p.add_argument("--compute-dtype", choices=["float32", "bfloat16"], default="float32")
+  p.add_argument("--attention", default="auto", choices=ATTENTION_BACKENDS,
+                 help="attention backend; auto picks per platform (README, Benchmarks); env RF_JAX_ATTENTION "
+                      "overrides auto")
   p.add_argument("--out", required=True, help="output folder")
   p.add_argument("--force", action="store_true", help="replace an existing --out")
   p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -266,6 +274,9 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--chunk-frames", type=int, default=3)
   p.add_argument("--timestep", type=float, default=1000.0)
   p.add_argument("--compute-dtype", choices=["float32", "bfloat16"], default="float32")
+  p.add_argument("--attention", default="auto", choices=ATTENTION_BACKENDS,
+                 help="attention backend; auto picks per platform (README, Benchmarks); env RF_JAX_ATTENTION "
+                      "overrides auto")
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--out", default="out/forward")
   p.add_argument("--force", action="store_true", help="replace an existing --out")

@@ -155,6 +155,7 @@ def generate(model, policy: Policy, sampler: Sampler, spec: GenerateSpec, out: s
         "peak_bytes": peak, "peak_bytes_source": peak_source,
         "latents": {"file": "latents.npy", "shape": list(shape), "layout": "B F C H W", "dtype": "float32"},
         "model": cfg.to_dict(), "compute_dtype": str(jnp.dtype(model.dtype)),
+        "attention": model.attention_backend().value,
         "device": str(jax.devices()[0]), "jax": jax.__version__, "commit": git_commit(),
         **(extra_summary or {}),
     }

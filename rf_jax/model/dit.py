@@ -29,7 +29,7 @@ from rf_jax.model.attention import FrameKV
 from rf_jax.model.block import WanBlock
 from rf_jax.model.layers import gelu_tanh, layer_norm, modulate, sinusoidal_embedding
 from rf_jax.model.rope import rope_cos_sin
-from rf_jax.ops import AttnImpl, BlockCausal, SlotMemory
+from rf_jax.ops import AttnImpl, BlockCausal, SlotMemory, resolve
 
 Array = jax.Array
 
@@ -109,6 +109,7 @@ class CausalWanDiT(nnx.Module):
     self.config = config
     self.dtype = dtype
     attn_impl = AttnImpl.parse(attn_impl)
+    self.attn_impl = attn_impl
     d = config.dim
     lin = lambda i, o, dt=dtype: nnx.Linear(i, o, dtype=dt, param_dtype=param_dtype, rngs=rngs)  # noqa: E731
     self.patch_embedding = PatchEmbed(config.patch_size, config.in_dim, d, param_dtype=param_dtype, rngs=rngs)
@@ -124,6 +125,10 @@ class CausalWanDiT(nnx.Module):
     self.blocks = make_blocks(rngs.split(config.num_layers))
     self.head = Head(d, config.out_dim * config.patch_volume, eps=config.eps, dtype=dtype,
                      param_dtype=param_dtype, rngs=rngs)
+
+  def attention_backend(self) -> AttnImpl:
+    """The backend this model's attention runs on here (`auto` resolved for this platform and dtype)."""
+    return resolve(self.attn_impl, self.dtype)
 
   # ---------------------------------------------------------------------------------------------------- text
 

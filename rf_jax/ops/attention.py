@@ -3,7 +3,9 @@
 Every attention in the package goes through `attention(...)`: the chunk's queries attend to the keys of a memory
 (frame slots of a reservoir read through a slot table, rotated to the policy's RoPE positions) and to the chunk's
 own keys, under no mask, the structured block-causal training mask, or (reference/cudnn only) a dense bool mask.
-Backends are an enum; kernels live in `rf_jax.kernels` and are imported lazily by the branch that needs them.
+Backends are an enum; kernels live in `rf_jax.kernels`. They are imported with this module, not when first
+traced: importing Pallas registers config options, and a registration during a trace changes the tracing context,
+so the next call of the enclosing jit would trace (and compile) again.
 
   reference    plain XLA einsum + softmax; gathers and rotates the memory; materialises the logits. The oracle.
   cudnn        jax.nn.dot_product_attention(implementation="cudnn") on [chunk keys, valid memory entries first]
@@ -26,6 +28,7 @@ import os
 import jax
 import jax.numpy as jnp
 
+from rf_jax.kernels import gpu_attention, tpu_attention
 from rf_jax.ops.masks import BlockCausal
 from rf_jax.ops.memory import SlotMemory, compact_entries
 from rf_jax.ops.reference import dense_mask, gather_memory, reference_memory_attention
@@ -100,10 +103,8 @@ def attention(q: Array, k: Array, v: Array, *, memory: SlotMemory | None = None,
     case AttnImpl.CUDNN:
       return cudnn_attention(q, k, v, memory, mask)
     case AttnImpl.PALLAS_GPU:
-      from rf_jax.kernels import gpu_attention
       return gpu_attention.memory_attention(q, k, v, memory, mask, interpret=platform() != "gpu")
     case AttnImpl.PALLAS_TPU:
-      from rf_jax.kernels import tpu_attention
       return tpu_attention.memory_attention(q, k, v, memory, mask, interpret=platform() != "tpu")
     case _:
       raise ValueError(f"unknown attention backend {impl!r}")

@@ -1,0 +1,60 @@
+"""Attention under `jax.shard_map`: batch and heads split across a mesh, the math untouched.
+
+Attention is independent per sample and per head, so each device runs the chosen backend (a Pallas kernel
+included) on its own samples and heads with no communication. The memory's slot table, validity and RoPE angles
+are per sample and follow the batch split; its keys and values split by batch and heads like the queries.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+from jax.sharding import Mesh, PartitionSpec as P
+
+from rf_jax.ops.attention import AttnImpl, attention
+from rf_jax.ops.memory import SlotMemory
+
+
+def sharded_attention(mesh: Mesh, *, batch_axis: str | None = "data", head_axis: str | None = "model",
+                      impl: AttnImpl | str = AttnImpl.AUTO, mask=None):
+  """A function (q, k, v, memory) -> out like `attention`, run under shard_map on `mesh`.
+
+  q, k, v: [B, T|S, N, H] split as P(batch_axis, None, head_axis, None); memory k/v [B, R, Q, N, H] likewise;
+  slots/valid [B, M] and cos/sin [B, M, Q, H/2] split by batch. B must divide by the batch axis size and N by the
+  head axis size. On a mesh with Explicit axes the inputs must already be placed so (`place` does it).
+  """
+  for name in (batch_axis, head_axis):
+    if name is not None and name not in mesh.axis_names:
+      raise ValueError(f"mesh has axes {mesh.axis_names}; no axis named {name!r}")
+  tokens = P(batch_axis, None, head_axis, None)
+  per_sample = P(batch_axis)
+
+  def memory_spec(memory: SlotMemory | None):
+    if memory is None:
+      return None
+    frames = P(batch_axis, None, None, head_axis, None)
+    opt = lambda a: None if a is None else per_sample  # noqa: E731
+    return SlotMemory(frames, frames, opt(memory.slots), per_sample, opt(memory.cos), opt(memory.sin))
+
+  def place(q, k, v, memory=None):
+    """device_put of the inputs with the shardings the function expects."""
+    put = lambda x, spec: x if spec is None else jax.device_put(x, jax.NamedSharding(mesh, spec))  # noqa: E731
+    specs = (tokens, tokens, tokens, memory_spec(memory))
+    return jax.tree.map(put, (q, k, v, memory), specs, is_leaf=lambda x: x is None)
+
+  def run(q, k, v, memory=None):
+    b, _, n, _ = q.shape
+    for name, size, what in ((batch_axis, b, "batch"), (head_axis, n, "heads")):
+      if name is not None and size % mesh.shape[name]:
+        raise ValueError(f"{what}={size} does not divide over mesh axis {name!r} of size {mesh.shape[name]}")
+    fn = jax.shard_map(functools.partial(_local, impl=impl, mask=mask), mesh=mesh,
+                       in_specs=(tokens, tokens, tokens, memory_spec(memory)), out_specs=tokens, check_vma=False)
+    return fn(q, k, v, memory)
+
+  run.place = place
+  return run
+
+
+def _local(q, k, v, memory, *, impl, mask):
+  return attention(q, k, v, memory=memory, mask=mask, impl=impl)
