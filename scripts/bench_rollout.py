@@ -90,13 +90,17 @@ def main():
           "compile_seconds": round(times[0], 3), "compile_count": r.compile_count,
           "steady_median_seconds_per_chunk": round(median, 5),
           "latent_fps": round(f / median, 2), "video_fps": round(4 * f / median, 2),
-          "steady_chunk_tflop": round(flops / 1e12, 3), "achieved_tflops": round(flops / median / 1e12, 1),
-          "mfu": round(flops / median / 1e12 / args.peak_tflops, 3),
+          "steady_chunk_tflop": _sig(flops / 1e12), "achieved_tflops": _sig(flops / median / 1e12),
+          "mfu": _sig(flops / median / 1e12 / args.peak_tflops),
           "state_bytes": state_bytes, "peak_bytes": peak, "peak_bytes_source": source,
           "device": str(jax.devices()[0]), "jax": jax.__version__, "flax": flax.__version__, "commit": git_commit()}), flush=True)
 
 
 WARMUP_CHUNKS = 3  # the first chunk compiles; relax's memory is dense for chunks 0-1 and relaxed from chunk 2
+
+
+def _sig(x: float) -> float:
+  return float(f"{x:.3g}")
 
 
 def _steps(n):
