@@ -10,7 +10,6 @@ half-written OUT):
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import sys
 import time

@@ -163,7 +163,6 @@ def _check_relax(z, policy: RelaxPolicy, outs, states, f, tol) -> Iterator[Compa
   tr = {k: np.stack([o.trace[k] for o in outs]) for k in outs[0].trace}  # chunk-major
   chunks = len(outs)
   relaxed = ~tr["dense"]
-  ncand = tr["candidates"].shape[1]
   exact = lambda name, out: Comparison(f"rollout/{name}", mismatch(out, z[name]), 0.0, "mismatch")  # noqa: E731
   history = np.where(relaxed, tr["history"][:, 0, 0], -1)
   if "chunk_selected_hist_frame" in z:

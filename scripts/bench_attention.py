@@ -18,7 +18,6 @@ the kernel reads it contiguously), pallas_tpu; those the platform cannot run are
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import time
 

@@ -2,7 +2,6 @@
 Forcing's upstream slow-fast memory (CFX). Floats within 1e-5 (max |difference|), decisions exactly."""
 
 import jax
-import numpy as np
 import pytest
 
 from conftest import fixture_dir

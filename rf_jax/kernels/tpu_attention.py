@@ -16,7 +16,6 @@ on real hardware. Letters as in `gpu_attention`.
 from __future__ import annotations
 
 import functools
-import math
 
 import jax
 import jax.numpy as jnp
@@ -41,7 +40,7 @@ def block_size(n: int, target: int) -> int:
 
 
 def _kernel(count_ref, entry_ref, slot_ref, *refs, has_memory: bool, rotate: bool, causal: BlockCausal | None,
-            num_entries: int, mem_blocks: int, block_q: int, block_k: int, block_m: int, num_heads: int,
+            num_entries: int, mem_blocks: int, block_q: int, block_k: int, num_heads: int,
             scale: float):
   if has_memory and rotate:
     q_ref, k_ref, v_ref, mk_ref, mv_ref, cos_ref, sin_ref, o_ref, m_sc, l_sc, acc_sc = refs
@@ -143,7 +142,7 @@ def _forward(q, k, v, memory, mask, *, block_q, block_k, interpret):
   bq, bk = block_size(t, block_q), block_size(s, block_k)
   num_q, num_c = t // bq, s // bk
   if memory is not None:
-    r, q_len, m = memory.k.shape[1], memory.k.shape[2], memory.num_entries
+    q_len, m = memory.k.shape[2], memory.num_entries
     bm = block_size(q_len, block_k)
     mem_blocks = q_len // bm
     count, entry, slot = compact_entries(memory)
@@ -189,7 +188,7 @@ def _forward(q, k, v, memory, mask, *, block_q, block_k, interpret):
       args += [cos, sin]
   kernel = functools.partial(
       _kernel, has_memory=memory is not None, rotate=rotate, causal=mask, num_entries=m, mem_blocks=mem_blocks,
-      block_q=bq, block_k=bk, block_m=bm, num_heads=n, scale=h ** -0.5)
+      block_q=bq, block_k=bk, num_heads=n, scale=h ** -0.5)
   grid_spec = pltpu.PrefetchScalarGridSpec(
       num_scalar_prefetch=3, grid=(b, num_q, memory_steps + num_c), in_specs=in_specs,
       out_specs=pl.BlockSpec((None, bq, n, h), lambda bi, i, j, *_: (bi, i, 0, 0)),

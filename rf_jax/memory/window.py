@@ -56,7 +56,7 @@ class WindowPolicy(Policy):
     return init_reservoir(geom, self.capacity(geom))
 
   def call_view(self, params, res: Reservoir, ctx, chunk: Chunk) -> CallView:
-    c, f, s = chunk.start, chunk.frames, self.sink_frames
+    c, s = chunk.start, self.sink_frames
     valid = res.frame >= 0  # [B, R]
     is_sink = res.frame < s
     chunk_pos = chunk.positions
