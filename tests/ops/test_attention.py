@@ -20,12 +20,18 @@ def test_auto_picks_per_platform_and_dtype(monkeypatch):
   monkeypatch.delenv("RF_JAX_ATTENTION", raising=False)
   assert resolve("auto", jnp.float32) is AttnImpl.REFERENCE  # this machine is a CPU
   monkeypatch.setattr(attention_module, "platform", lambda: "gpu")
-  assert resolve("auto", jnp.bfloat16) is attention_module.AUTO[("gpu", "half")]
-  assert resolve("auto", jnp.float32) is AttnImpl.PALLAS_GPU  # cuDNN has no float32
-  assert resolve("auto", jnp.bfloat16, jnp.ones((4, 4), bool)) is AttnImpl.REFERENCE  # nothing to skip on
-  assert resolve("auto", jnp.bfloat16, BlockCausal(2, 1)) is attention_module.AUTO[("gpu", "half")]
+  assert resolve("auto", jnp.bfloat16) is AttnImpl.CUDNN  # the kernels are unmeasured on a GPU (README)
+  assert resolve("auto", jnp.float32) is AttnImpl.REFERENCE  # cuDNN has no float32
   monkeypatch.setattr(attention_module, "platform", lambda: "tpu")
+  assert resolve("auto", jnp.bfloat16) is AttnImpl.REFERENCE
+  # once the table names a kernel, a dense mask still goes to the reference (nothing to skip on), and cuDNN
+  # never gets float32
+  monkeypatch.setitem(attention_module.AUTO, ("tpu", "half"), AttnImpl.PALLAS_TPU)
+  monkeypatch.setitem(attention_module.AUTO, ("tpu", "float32"), AttnImpl.CUDNN)
   assert resolve("auto", jnp.bfloat16) is AttnImpl.PALLAS_TPU
+  assert resolve("auto", jnp.bfloat16, BlockCausal(2, 1)) is AttnImpl.PALLAS_TPU
+  assert resolve("auto", jnp.bfloat16, jnp.ones((4, 4), bool)) is AttnImpl.REFERENCE
+  assert resolve("auto", jnp.float32) is AttnImpl.REFERENCE
 
 
 def test_environment_overrides_auto_but_not_an_explicit_choice(monkeypatch):
