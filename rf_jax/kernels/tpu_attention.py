@@ -22,7 +22,7 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
 
-from rf_jax.kernels.gpu_attention import _with_reference_vjp
+from rf_jax.kernels.reference_vjp import with_reference_vjp
 from rf_jax.ops.masks import BlockCausal
 from rf_jax.ops.memory import SlotMemory, compact_entries
 
@@ -211,4 +211,4 @@ def memory_attention(q: Array, k: Array, v: Array, memory: SlotMemory | None = N
   """
   _check(q, k, memory, mask)
   fwd = functools.partial(_forward, mask=mask, block_q=block_q, block_k=block_k, interpret=interpret)
-  return _with_reference_vjp(fwd, mask)(q, k, v, memory)
+  return with_reference_vjp(fwd, mask)(q, k, v, memory)
