@@ -174,7 +174,7 @@ def _restore_tree(path: str | os.PathLike, shardings: ShardingSpec) -> tuple[Mod
 
   def sharding_for(p, shape):
     if shardings is None:
-      return jax.sharding.SingleDeviceSharding(jax.devices()[0])
+      return jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
     if isinstance(shardings, jax.sharding.Sharding):
       return shardings
     return shardings(p, shape)

@@ -1,4 +1,4 @@
-"""The `rf-jax` command line: convert, inspect, check-reference, generate, forward."""
+"""The `rf-jax` command line: convert, inspect, check-reference, generate, sweep, forward."""
 
 from __future__ import annotations
 
@@ -155,6 +155,35 @@ _POLICY_FLAGS = {
 }
 
 
+def setup_parallel(args):
+  """jax.distributed (when asked for) and the --mesh, or None for one device. Runs before any device is touched."""
+  from rf_jax.parallel import MeshConfig, make_mesh
+  from rf_jax.parallel.distributed import initialize
+  initialize(args.coordinator, args.num_processes, args.process_id, auto=args.distributed)
+  if not args.mesh:
+    return None
+  return make_mesh(MeshConfig.parse(args.mesh))
+
+
+def param_shardings(mesh):
+  """Checkpoint restore straight onto the mesh: (Flax path, shape) -> NamedSharding by the partition rules."""
+  import jax
+  from rf_jax.parallel import param_spec
+  from rf_jax.parallel.placement import mesh_config
+  cfg = mesh_config(mesh)
+  return lambda path, shape: jax.NamedSharding(mesh, param_spec(".".join(map(str, path)), shape, cfg))
+
+
+def add_parallel_flags(p) -> None:
+  g = p.add_argument_group("devices and hosts (see README, Running on a mesh)")
+  g.add_argument("--mesh", help="device mesh, e.g. data=2,tensor=4 (axes data, fsdp, tensor; product = devices)")
+  g.add_argument("--coordinator", help="HOST:PORT of process 0, to run as one of several processes")
+  g.add_argument("--num-processes", type=int, help="with --coordinator: how many processes")
+  g.add_argument("--process-id", type=int, help="with --coordinator: this process's index")
+  g.add_argument("--distributed", action="store_true",
+                 help="initialise jax.distributed from the cluster (TPU pods: automatic; SLURM, Open MPI)")
+
+
 def cmd_generate(args) -> int:
   import jax.numpy as jnp
   from flax import nnx
@@ -165,6 +194,7 @@ def cmd_generate(args) -> int:
   from rf_jax.sampling import Sampler
   if os.path.exists(args.out) and not args.force:
     raise FileExistsError(f"{os.path.abspath(args.out)} already exists; pass --force to replace it")
+  mesh = setup_parallel(args)
   block = {"policy": args.memory}
   for attr, key in _POLICY_FLAGS.items():
     if getattr(args, attr) is not None:
@@ -174,7 +204,8 @@ def cmd_generate(args) -> int:
                                chunk_frames=args.chunk_frames)
   dtype = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[args.compute_dtype]
   if args.checkpoint:
-    model = checkpoint.load_model(args.checkpoint, dtype=dtype, attn_impl=args.attention)
+    model = checkpoint.load_model(args.checkpoint, dtype=dtype, attn_impl=args.attention,
+                                  shardings=None if mesh is None else param_shardings(mesh))
     source = {"checkpoint": os.path.abspath(args.checkpoint)}
   else:
     model = CausalWanDiT(resolve_config(args.preset), dtype=dtype, attn_impl=args.attention,
@@ -187,9 +218,23 @@ def cmd_generate(args) -> int:
           if args.text_embeddings else None)
   spec = GenerateSpec(frames=args.frames, seed=args.seed, batch=args.batch, latent_hw=latent_hw)
   summary = generate(model, policy, sampler, spec, args.out, text_embeddings=text, force=args.force,
-                     progress=not args.quiet, extra_summary={"source": source})
+                     progress=not args.quiet, mesh=mesh, extra_summary={"source": source})
+  import jax
+  if jax.process_index():
+    return 0
   print(json.dumps({k: summary[k] for k in ("frames", "chunks", "compile_count", "seconds", "peak_bytes",
                                             "peak_bytes_source")} | {"out": os.path.abspath(args.out)}))
+  return 0
+
+
+def cmd_sweep(args) -> int:
+  from rf_jax.sweep import load_sweep, run_sweep
+  mesh = setup_parallel(args)
+  sweep = load_sweep(args.sweep)
+  result = run_sweep(sweep, args.out, mesh=mesh, progress=not args.quiet)
+  import jax
+  if jax.process_index() == 0:
+    print(json.dumps({**result, "out": os.path.abspath(args.out)}))
   return 0
 
 
@@ -262,7 +307,15 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--out", required=True, help="output folder")
   p.add_argument("--force", action="store_true", help="replace an existing --out")
   p.add_argument("--quiet", action="store_true", help="no progress bar")
+  add_parallel_flags(p)
   p.set_defaults(func=cmd_generate)
+
+  p = sub.add_parser("sweep", help="run (or resume) a grid of memory settings x prompts x seeds into a zarr store")
+  p.add_argument("sweep", help="a sweep file defining SWEEP = rf_jax.sweep.Sweep(...), e.g. configs/sweeps/tiny.py")
+  p.add_argument("--out", required=True, help="output folder; an unfinished sweep there is resumed")
+  p.add_argument("--quiet", action="store_true", help="no progress bar")
+  add_parallel_flags(p)
+  p.set_defaults(func=cmd_sweep)
 
   p = sub.add_parser("forward", help="block-causal forward of a model on seeded random inputs (smoke run)")
   src = p.add_mutually_exclusive_group()

@@ -24,7 +24,7 @@ def git_commit() -> str | None:
 
 def peak_bytes() -> tuple[int, str]:
   """Peak device memory where the backend reports it, else the process's peak resident set."""
-  stats = jax.devices()[0].memory_stats() or {}
+  stats = jax.local_devices()[0].memory_stats() or {}
   if "peak_bytes_in_use" in stats:
     return int(stats["peak_bytes_in_use"]), f"device:{jax.devices()[0].platform}"
   return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024, "host_rss"

@@ -45,7 +45,7 @@ def test_generate_writes_latents_trace_and_summary(tmp_path, capsys):
 def test_a_failed_run_leaves_nothing_under_the_final_name(tmp_path, monkeypatch):
   calls = []
 
-  def explode(self, first_frame, chunk):
+  def explode(self, first_frame, chunk, first_sample=0):
     calls.append(first_frame)
     if len(calls) == 2:
       raise KeyboardInterrupt  # as if the run were killed after the first chunk

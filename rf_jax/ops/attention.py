@@ -101,6 +101,11 @@ def attention(q: Array, k: Array, v: Array, *, memory: SlotMemory | None = None,
   by their validity only. Returns [B, T, N, H] in q's dtype.
   """
   impl = resolve(impl, q.dtype, mask)
+  mesh = _dispatch_mesh(mask)
+  if mesh is not None:  # split over the mesh's samples and heads; each device runs `impl` on its part
+    from rf_jax.ops.sharded import sharded_attention
+    return sharded_attention(mesh, batch_axis=("data", "fsdp"), head_axis="tensor", impl=impl,
+                             mask=mask)(q, k, v, memory)
   match impl:
     case AttnImpl.REFERENCE:
       return reference_memory_attention(q, k, v, memory, mask)
@@ -112,6 +117,20 @@ def attention(q: Array, k: Array, v: Array, *, memory: SlotMemory | None = None,
       return tpu_attention.memory_attention(q, k, v, memory, mask, interpret=platform() != "tpu")
     case _:
       raise ValueError(f"unknown attention backend {impl!r}")
+
+
+def _dispatch_mesh(mask):
+  """The context mesh (`jax.set_mesh`) when it is an rf_jax mesh of several devices not already split manually,
+  else None. Attention is independent per sample and head, so under such a mesh it runs under shard_map with no
+  communication (a Pallas kernel cannot be partitioned automatically). A dense mask stays with the partitioner."""
+  mesh = jax.sharding.get_abstract_mesh()
+  if mesh.empty or mesh.size == 1 or not {"data", "fsdp", "tensor"} <= set(mesh.axis_names):
+    return None
+  if any(t == jax.sharding.AxisType.Manual for t in mesh.axis_types):
+    return None
+  if mask is not None and not isinstance(mask, BlockCausal):
+    return None
+  return mesh
 
 
 def cudnn_attention(q: Array, k: Array, v: Array, memory: SlotMemory | None, mask) -> Array:

@@ -10,23 +10,28 @@ from __future__ import annotations
 import functools
 
 import jax
-from jax.sharding import Mesh, PartitionSpec as P
+from jax.sharding import PartitionSpec as P
 
 from rf_jax.ops.attention import AttnImpl, attention
 from rf_jax.ops.memory import SlotMemory
 
 
-def sharded_attention(mesh: Mesh, *, batch_axis: str | None = "data", head_axis: str | None = "model",
+def sharded_attention(mesh, *, batch_axis: str | tuple[str, ...] | None = "data", head_axis: str | None = "model",
                       impl: AttnImpl | str = AttnImpl.AUTO, mask=None):
-  """A function (q, k, v, memory) -> out like `attention`, run under shard_map on `mesh`.
+  """A function (q, k, v, memory) -> out like `attention`, run under shard_map on `mesh` (a Mesh or the
+  AbstractMesh of the context). `batch_axis` may name several axes (samples split over their product).
 
   q, k, v: [B, T|S, N, H] split as P(batch_axis, None, head_axis, None); memory k/v [B, R, Q, N, H] likewise;
   slots/valid [B, M] and cos/sin [B, M, Q, H/2] split by batch. B must divide by the batch axis size and N by the
   head axis size. On a mesh with Explicit axes the inputs must already be placed so (`place` does it).
   """
-  for name in (batch_axis, head_axis):
+  batch_names = batch_axis if isinstance(batch_axis, tuple) else (batch_axis,)
+  for name in (*batch_names, head_axis):
     if name is not None and name not in mesh.axis_names:
       raise ValueError(f"mesh has axes {mesh.axis_names}; no axis named {name!r}")
+  batch_size = 1
+  for name in batch_names:
+    batch_size *= 1 if name is None else mesh.shape[name]
   tokens = P(batch_axis, None, head_axis, None)
   per_sample = P(batch_axis)
 
@@ -45,9 +50,10 @@ def sharded_attention(mesh: Mesh, *, batch_axis: str | None = "data", head_axis:
 
   def run(q, k, v, memory=None):
     b, _, n, _ = q.shape
-    for name, size, what in ((batch_axis, b, "batch"), (head_axis, n, "heads")):
-      if name is not None and size % mesh.shape[name]:
-        raise ValueError(f"{what}={size} does not divide over mesh axis {name!r} of size {mesh.shape[name]}")
+    for name, size, parts, what in ((batch_axis, b, batch_size, "batch"),
+                                    (head_axis, n, 1 if head_axis is None else mesh.shape[head_axis], "heads")):
+      if name is not None and size % parts:
+        raise ValueError(f"{what}={size} does not divide over mesh axis {name!r} of size {parts}")
     fn = jax.shard_map(functools.partial(_local, impl=impl, mask=mask), mesh=mesh,
                        in_specs=(tokens, tokens, tokens, memory_spec(memory)), out_specs=tokens, check_vma=False)
     return fn(q, k, v, memory)

@@ -18,6 +18,7 @@ Letters: B batch, F chunk frames, (Hl, Wl) latent size, C channels, S denoising 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 from typing import Callable, NamedTuple
@@ -30,6 +31,7 @@ from flax import nnx
 from rf_jax.memory import Chunk, Geometry, Policy, check_position_span, rebase
 from rf_jax.model.attention import FrameKV
 from rf_jax.model.dit import CausalWanDiT, TextKV
+from rf_jax.parallel import placement
 from rf_jax.sampling.schedule import FlowSchedule
 
 Array = jax.Array
@@ -128,6 +130,13 @@ def chunk_noise(key: Array, chunk_index: Array, shape: tuple[int, ...], n_steps:
           jax.random.normal(k1, (max(n_steps - 1, 0), *shape), jnp.float32))
 
 
+def sample_noise(keys: Array, chunk_index: Array, shape: tuple[int, ...], n_steps: int) -> tuple[Array, Array]:
+  """`chunk_noise` with one key per sample (keys [B]): sample i gets exactly the noise a batch-1 rollout with key
+  keys[i] gets, whatever batch it runs in. Returns [B, F, ...] and [S - 1, B, F, ...]."""
+  x, eps = jax.vmap(lambda k: chunk_noise(k, chunk_index, (1, *shape[1:]), n_steps))(keys)
+  return x[:, 0], jnp.moveaxis(eps[:, :, 0], 0, 1)
+
+
 class Rollout:
   """A compiled rollout of one model with one memory layout, sampler and latent geometry.
 
@@ -136,10 +145,15 @@ class Rollout:
 
   `step` runs one chunk (jitted once, reused for every chunk); `run` loops over chunks on the host (for progress
   and streaming output); `run_scan` puts the whole rollout inside one `lax.scan` (for sweeps under vmap/jit).
+
+  With `mesh` (axes data, fsdp, tensor; `rf_jax.parallel.make_mesh`) the rollout runs sharded: parameters by the
+  partition rules, the memory state and per-sample arrays over data x fsdp and heads over tensor. Same numbers as
+  one device up to float reassociation.
   """
 
   def __init__(self, model: CausalWanDiT, policy: Policy, sampler: Sampler, *, batch: int,
-               latent_hw: tuple[int, int], frames: int, record_calls: bool = False):
+               latent_hw: tuple[int, int], frames: int, record_calls: bool = False,
+               mesh: jax.sharding.Mesh | None = None):
     cfg = model.config
     f = sampler.chunk_frames
     if frames < f or frames % f:
@@ -158,17 +172,41 @@ class Rollout:
     self.num_chunks = frames // f
     self.geometry = Geometry(cfg.num_layers, batch, _tokens(cfg, (1, 1, hl, wl, 1)), cfg.num_heads, cfg.head_dim,
                              f, frames, model.dtype)
-    self.graphdef, self.model_state = nnx.split(model)
+    self.mesh = mesh
     self.params = policy.params()
     self.timesteps = jnp.asarray(sampler.timesteps, jnp.float32)
     self._traces = [0]
     self.final_state = None  # the memory after the last `run` (to inspect it, or continue with `step`)
-    self._init = jax.jit(lambda: policy.init(self.geometry))
+    n_steps = len(sampler.timesteps)
+    if mesh is None:
+      self.graphdef, self.model_state = nnx.split(model)
+    else:
+      placement.mesh_config(mesh).validate(cfg, batch)
+      self.graphdef, self.model_state = placement.place_model(model, mesh)
     step = functools.partial(_chunk_step, self.graphdef, policy.static_part(), sampler, record_calls, self._traces)
-    self._step = jax.jit(step, donate_argnums=(2,))
+    if mesh is None:
+      self._init = jax.jit(lambda: policy.init(self.geometry))
+      self._step = jax.jit(step, donate_argnums=(2,))
+      self._noise = jax.jit(functools.partial(chunk_noise, n_steps=n_steps), static_argnames=("shape",))
+      self._sample_noise = jax.jit(functools.partial(sample_noise, n_steps=n_steps), static_argnames=("shape",))
+    else:
+      # Layout only: parameters by PARAM_RULES, the memory state and every per-sample array split over samples
+      # (data x fsdp) and heads (tensor); attention sees the mesh through jax.set_mesh. The math is unchanged.
+      state_sh = placement.state_shardings(policy.init, self.geometry, mesh)
+      per_sample = lambda ndim, axis=0: jax.NamedSharding(mesh, placement.batch_spec(ndim, axis))  # noqa: E731
+      noise_sh = (per_sample(5), per_sample(6, 1))
+
+      def constrained_step(*args):
+        state, out = step(*args)
+        return jax.lax.with_sharding_constraint(state, state_sh), out
+
+      self._init = jax.jit(lambda: policy.init(self.geometry), out_shardings=state_sh)
+      self._step = jax.jit(constrained_step, donate_argnums=(2,))
+      self._noise = jax.jit(functools.partial(chunk_noise, n_steps=n_steps), static_argnames=("shape",),
+                            out_shardings=noise_sh)
+      self._sample_noise = jax.jit(functools.partial(sample_noise, n_steps=n_steps), static_argnames=("shape",),
+                                   out_shardings=noise_sh)
     self._text = jax.jit(lambda state, context: nnx.merge(self.graphdef, state).text_kv(context))
-    self._noise = jax.jit(functools.partial(chunk_noise, n_steps=len(sampler.timesteps)),
-                          static_argnames=("shape",))
 
   @property
   def compile_count(self) -> int:
@@ -179,28 +217,48 @@ class Rollout:
   def chunk_shape(self) -> tuple[int, ...]:
     return (self.batch, self.sampler.chunk_frames, *self.latent_hw, self.model_config.in_dim)
 
+  def on_mesh(self):
+    """The context every computation of this rollout runs in: `jax.set_mesh(mesh)`, or nothing."""
+    return contextlib.nullcontext() if self.mesh is None else jax.set_mesh(self.mesh)
+
+  def _per_sample(self, x, axis: int = 0):
+    if self.mesh is None:
+      return jnp.asarray(x)
+    return placement.put_batch(x, self.mesh, axis)
+
   def init_state(self):
-    return self._init()
+    with self.on_mesh():
+      return self._init()
 
   def text_kv(self, context: Array) -> TextKV:
     if context.ndim != 3 or context.shape[0] != self.batch:
       raise ValueError(f"context has shape {context.shape}; expected [B={self.batch}, P, text_dim]")
-    return self._text(self.model_state, jnp.asarray(context))
+    with self.on_mesh():
+      return self._text(self.model_state, self._per_sample(context))
 
   def step(self, state, text: TextKV, chunk_index: int, noise: Array, renoise: Array, params=None):
     """One chunk: returns (new state, ChunkOut). `state` is donated."""
     params = self.params if params is None else params
-    return self._step(self.model_state, params, state, text, jnp.asarray(chunk_index, jnp.int32),
-                      noise, renoise, self.timesteps)
+    with self.on_mesh():
+      return self._step(self.model_state, params, state, text, jnp.asarray(chunk_index, jnp.int32),
+                        self._per_sample(noise), self._per_sample(renoise, 1), self.timesteps)
 
   def noise(self, key: Array, chunk_index: int) -> tuple[Array, Array]:
-    return self._noise(key, jnp.asarray(chunk_index, jnp.int32), shape=self.chunk_shape)
+    """The chunk's noise from one key for the batch, or from one key per sample (`key` of shape [B])."""
+    index = jnp.asarray(chunk_index, jnp.int32)
+    with self.on_mesh():
+      if key.shape == (self.batch,):
+        return self._sample_noise(key, index, shape=self.chunk_shape)
+      if key.shape:
+        raise ValueError(f"key has shape {key.shape}; expected one key or one per sample [{self.batch}]")
+      return self._noise(key, index, shape=self.chunk_shape)
 
   def run(self, context: Array, *, key: Array | None = None, noise: Array | None = None,
           renoise: Array | None = None, params=None,
           on_chunk: Callable[[int, ChunkOut], None] | None = None) -> tuple[np.ndarray | None, list]:
     """The whole video, chunk by chunk. Noise comes from `key`, or from explicit arrays (to reproduce a reference):
-    `noise` [B, frames, Hl, Wl, C] and `renoise` [chunks, S - 1, B, F, Hl, Wl, C].
+    `noise` [B, frames, Hl, Wl, C] and `renoise` [chunks, S - 1, B, F, Hl, Wl, C]. `key` is one key for the
+    batch or one per sample ([B]; see `sample_noise`).
 
     With `on_chunk`, each finished chunk is handed over (one chunk behind the device, so it never waits) and
     nothing is kept; otherwise returns (latents [B, frames, Hl, Wl, C], list of ChunkOut on the host).
@@ -222,7 +280,13 @@ class Rollout:
     pending: tuple[int, ChunkOut] | None = None
 
     def hand_over(j, out):
-      out = jax.tree.map(np.asarray, out)
+      # Latents spread over processes stay a jax.Array (each process takes its own rows: placement.host_rows);
+      # the small traces are gathered whole on every process.
+      keep_global = on_chunk is not None and not out.latents.is_fully_addressable
+      out = out._replace(latents=out.latents if keep_global else placement.to_host(out.latents),
+                         trace=jax.tree.map(placement.to_host, out.trace),
+                         calls=jax.tree.map(placement.to_host, out.calls),
+                         call_x0=None if out.call_x0 is None else placement.to_host(out.call_x0))
       if on_chunk is not None:
         on_chunk(j, out)
       else:
@@ -245,7 +309,7 @@ class Rollout:
 
   def run_scan(self, context: Array, key: Array, params=None):
     """The whole rollout as one traced function (lax.scan over chunks): (latents, stacked traces). Jit or vmap it
-    for sweeps; the policy scalars in `params` may be traced."""
+    for sweeps; the policy scalars in `params` may be traced. On a mesh, trace it under `with rollout.on_mesh():`."""
     params = self.params if params is None else params
     text = self.text_kv(context) if not isinstance(context, TextKV) else context
     step = functools.partial(_chunk_step, self.graphdef, self.policy.static_part(), self.sampler, False, [0])

@@ -1,0 +1,137 @@
+"""Sweeps: the grid, one compile per memory layout, samples equal to `generate`, errors, and kill-and-resume."""
+
+import filecmp
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import numpy as np
+import pytest
+
+from rf_jax import cli
+from rf_jax.memory import RelaxPolicy, WindowPolicy
+from rf_jax.sweep import Sweep, grid, label, load_sweep, plan, run_sweep
+
+pytestmark = pytest.mark.xdist_group("sweep")  # one worker runs the shared uninterrupted sweep once
+
+CONFIG = textwrap.dedent("""
+    from rf_jax.memory import RelaxPolicy, WindowPolicy
+    from rf_jax.sweep import Sweep, grid
+    SWEEP = Sweep(policies=(*grid(RelaxPolicy(reservoir_frames=12), lam=[0.0, 8.0]),
+                            WindowPolicy(window_frames=6, sink_frames=3)),
+                  prompts=("random:3", "emb.npy"), seeds=(3, 5), frames=15, batch=2, weights_seed=3)
+""")
+
+
+@pytest.fixture(scope="module")
+def sweep_file(tmp_path_factory):
+  path = tmp_path_factory.mktemp("conf") / "sweep.py"
+  path.write_text(CONFIG)
+  np.save(path.parent / "emb.npy", np.random.default_rng(0).normal(size=(5, 64)).astype(np.float32))
+  return str(path)
+
+
+@pytest.fixture(scope="module")
+def whole(sweep_file, tmp_path_factory):
+  """An uninterrupted sweep: (its folder, run_sweep's report)."""
+  out = tmp_path_factory.mktemp("sweeps") / "whole"
+  return out, run_sweep(load_sweep(sweep_file), str(out), progress=False)
+
+
+def test_grid_and_plan():
+  policies = grid(RelaxPolicy(), lam=[0.0, 1.0], history_frames=[1, 2])
+  assert [(p.lam, p.history_frames) for p in policies] == [(0.0, 1), (0.0, 2), (1.0, 1), (1.0, 2)]
+  with pytest.raises(ValueError, match="has no setting 'lamda'"):
+    grid(RelaxPolicy(), lamda=[1])
+  sweep = Sweep(policies=policies[:2], prompts=("random:0",), seeds=(0, 1, 2))
+  units = plan(sweep, 2)
+  assert [(u.config, u.first, u.count) for u in units] == [(0, 0, 2), (0, 2, 1), (1, 0, 2), (1, 2, 1)]
+  assert label(RelaxPolicy(lam=0.5)) == "relax lam=0.5"
+
+
+def tree(root):
+  return sorted(os.path.relpath(os.path.join(d, f), root) for d, _, fs in os.walk(root) for f in fs)
+
+
+def test_sweep_runs_compiles_once_per_layout_and_matches_generate(sweep_file, whole, tmp_path):
+  out, result = whole
+  assert result["units"] == 6 and result["ran"] == 6 and result["layouts"] == 2
+  assert sorted(result["compiles"].values()) == [1, 1]  # lambda is traced: two settings, one compile
+  import tensorstore as ts
+  lat = ts.open({"driver": "zarr3", "kvstore": {"driver": "file", "path": str(out / "store.zarr/latents")}}
+                ).result().read().result()
+  assert lat.shape == (3, 4, 15, 16, 8, 8) and np.isfinite(lat).all()
+  with open(out / "results.csv") as f:
+    rows = f.read().splitlines()
+  assert len(rows) == 1 + 12 and rows[0].startswith("config,label,policy,sample,prompt,seed,motion_energy")
+  assert (out / "summary.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+  # Relax's lambda changes what is selected, so configurations differ; a sample is what `generate` gives for
+  # its seed (prompt random:3 = generate's random prompt for seed 3; generate draws weights from --seed too).
+  assert not np.allclose(lat[0], lat[1])
+  gen = tmp_path / "gen"
+  assert cli.main(["generate", "--preset", "tiny", "--seed", "3", "--frames", "15", "--reservoir-frames", "12",
+                   "--lambda", "8.0", "--out", str(gen), "--quiet"]) == 0
+  np.testing.assert_allclose(lat[1, 0], np.load(gen / "latents.npy")[0], rtol=0, atol=1e-6)
+  # A rerun finds everything done.
+  again = run_sweep(load_sweep(sweep_file), str(out), progress=False)
+  assert again["ran"] == 0 and again["skipped"] == 6
+
+
+def test_errors_name_the_problem(sweep_file, tmp_path):
+  out = tmp_path / "out"
+  out.mkdir()
+  (out / "sweep.json").write_text(json.dumps({"format": "rf_jax.sweep/1", "seeds": [9]}))
+  with pytest.raises(ValueError, match=r"holds a different sweep \(differs in .*seeds"):
+    run_sweep(load_sweep(sweep_file), str(out), progress=False)
+  bad = Sweep(policies=(WindowPolicy(),), prompts=("a red fox",))
+  with pytest.raises(ValueError, match="text prompts need the umT5 text encoder"):
+    run_sweep(bad, str(tmp_path / "o2"), progress=False)
+  with pytest.raises(ValueError, match="no such file"):
+    run_sweep(Sweep(policies=(WindowPolicy(),), prompts=("missing.npy",)), str(tmp_path / "o3"), progress=False)
+  with pytest.raises(ValueError, match="defines no SWEEP"):
+    empty = tmp_path / "empty.py"
+    empty.write_text("x = 1\n")
+    load_sweep(str(empty))
+  with pytest.raises(ValueError, match="not a memory policy"):
+    Sweep(policies=({"policy": "relax"},))
+
+
+def test_shipped_sweep_files_load():
+  here = os.path.join(os.path.dirname(__file__), "..", "configs", "sweeps")
+  for name in sorted(os.listdir(here)):
+    if name.endswith(".py"):
+      assert load_sweep(os.path.join(here, name)).policies
+
+
+def test_killed_sweep_resumes_to_the_identical_store(sweep_file, whole, tmp_path):
+  whole = whole[0]
+
+  killed = tmp_path / "killed"
+  cmd = [sys.executable, "-m", "rf_jax.cli", "sweep", sweep_file, "--out", str(killed), "--quiet"]
+  proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+  done = killed / "done"
+  deadline = time.time() + 600
+  while time.time() < deadline and proc.poll() is None:
+    if done.is_dir() and len(os.listdir(done)) >= 2:
+      break
+    time.sleep(0.05)
+  assert proc.poll() is None, proc.stderr.read().decode()[-3000:]
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  finished = len([n for n in os.listdir(done) if n.endswith(".json")])
+  assert 2 <= finished < 6, finished
+  assert not (killed / "results.csv").exists()  # written at the end only
+
+  resumed = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+  assert resumed.returncode == 0, resumed.stderr[-3000:]
+  report = json.loads(resumed.stdout.strip().splitlines()[-1])
+  assert report["skipped"] == finished and report["ran"] == 6 - finished
+
+  compared = [p for p in tree(whole) if p != "runs.jsonl"]
+  assert compared == [p for p in tree(killed) if p != "runs.jsonl"]
+  _, mismatch, errors = filecmp.cmpfiles(whole, killed, compared, shallow=False)
+  assert not mismatch and not errors, (mismatch, errors)
