@@ -1,11 +1,11 @@
 """`rf-jax check-reference DIR`: hold the port to outputs of the real PyTorch code.
 
-A reference folder holds `config.json` (`constructor_args`, geometry, `scheduler`, ...), `model.safetensors`
+A DiT reference folder holds `config.json` (`constructor_args`, geometry, `scheduler`, ...), `model.safetensors`
 (PyTorch state-dict keys) and any of:
   rope.npz           `causal_rope_apply` at start frames 0 and 7, and the float64 `freqs` table
   forward_train.npz  one block-causal training-style forward with its intermediate activations
   rollout.npz        an autoregressive rollout with its memory policy (see `reference_rollout`)
-Each compared array gets one line: name, metric, and PASS/FAIL at the tolerance. Forward arrays use the relative
+A umT5 folder holds `t5.npz` instead (`rf_jax.text.reference`). Each compared array gets one line: name, metric, and PASS/FAIL at the tolerance. Forward arrays use the relative
 error ||out - ref|| / ||ref||; rollout arrays the max absolute difference; integer and boolean arrays (selections,
 promotions, slot tables, masks) must match exactly.
 """
@@ -181,15 +181,23 @@ def check_reference(path: str | os.PathLike, *, tolerance: float = DEFAULT_TOLER
                     emit: Callable[[str], None] = print) -> tuple[list[Comparison], list[str]]:
   """Runs every check the folder has files for. Returns (comparisons, notes about files not checked)."""
   from rf_jax.reference_rollout import check_rollout, unchecked_arrays
-  ref = ReferenceFolder.open(path)
   results: list[Comparison] = []
   notes: list[str] = []
-  known = ("rope.npz", "forward_train.npz", "rollout.npz")
 
   def run(checks):
     for c in checks:
       emit(c.line())
       results.append(c)
+
+  t5 = os.path.join(os.fspath(path), "t5.npz")
+  if os.path.exists(t5):  # a umT5 text-encoder folder
+    from rf_jax.text.reference import check_t5
+    with np.load(t5) as z, jax.default_matmul_precision("highest"):
+      run(check_t5(os.fspath(path), {k: z[k] for k in z.files}, tolerance))
+    return results, notes
+
+  ref = ReferenceFolder.open(path)
+  known = ("rope.npz", "forward_train.npz", "rollout.npz")
 
   with jax.default_matmul_precision("highest"):
     rope = ref.npz("rope.npz")

@@ -89,8 +89,12 @@ class Assignment:
   transform: Callable[[np.ndarray], np.ndarray]
 
 
-def match_key(key: str) -> tuple[Path, int | None, Callable] | None:
-  for regex, rule in _COMPILED:
+def compile_rules(rules: Iterable[Rule]) -> tuple:
+  return tuple((re.compile(r.pattern), r) for r in rules)
+
+
+def match_key(key: str, compiled=_COMPILED) -> tuple[Path, int | None, Callable] | None:
+  for regex, rule in compiled:
     m = regex.fullmatch(key)
     if m:
       layer = m.groupdict().get("layer")
@@ -99,16 +103,18 @@ def match_key(key: str) -> tuple[Path, int | None, Callable] | None:
 
 
 def plan(tensors: Iterable[SourceTensor], targets: Mapping[Path, tuple[int, ...]], *,
-         num_layers: int) -> list[Assignment]:
+         num_layers: int, rules: tuple | None = None) -> list[Assignment]:
   """Matches source tensors to target parameters by shape alone; raises ConversionError listing every problem.
 
   targets: Flax path -> full (stacked) shape; stacked block parameters have a leading layer axis.
+  rules: `compile_rules(...)` of another model's table (default: the DiT's).
   """
+  compiled = _COMPILED if rules is None else rules
   unused, mismatched, duplicate = [], [], []
   assignments: list[Assignment] = []
   filled: dict[tuple[Path, int | None], str] = {}
   for t in tensors:
-    found = match_key(t.key)
+    found = match_key(t.key, compiled)
     if found is None:
       unused.append(t.key)
       continue

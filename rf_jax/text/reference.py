@@ -1,0 +1,60 @@
+"""`rf-jax check-reference` for a umT5 folder (`config.json` with T5Encoder `constructor_args`, `model.safetensors`,
+`t5.npz`): bucket table, embedding, every layer's bias, attention input/output and residual stream, the encoder
+output, Wan's zeroed embeddings, and a 160-token prompt that reaches the log buckets and the distance clamp."""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Iterator
+
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from rf_jax.text.umt5 import UMT5Config, _bucket, wan_embeddings
+
+
+def load_reference_encoder(path: str):
+  from rf_jax.convert.readers import open_source
+  from rf_jax.convert.umt5 import convert_umt5_tensors, encoder_from_params
+  cfg_path = os.path.join(path, "config.json")
+  with open(cfg_path) as f:
+    d = json.load(f)
+  if "constructor_args" not in d:
+    raise ValueError(f"{cfg_path}: missing 'constructor_args'")
+  config = UMT5Config.from_constructor_args(d["constructor_args"], source=cfg_path)
+  if "eps" in d or "max_dist" in d:
+    import dataclasses
+    config = dataclasses.replace(config, eps=float(d.get("eps", config.eps)),
+                                 max_dist=int(d.get("max_dist", config.max_dist)))
+  weights = os.path.join(path, "model.safetensors")
+  if not os.path.exists(weights):
+    raise ValueError(f"{path}: no model.safetensors")
+  tensors, _ = open_source(weights)
+  return encoder_from_params(config, {p: jnp.asarray(v) for p, v in convert_umt5_tensors(tensors, config).items()})
+
+
+def check_t5(path: str, z: dict, tol: float) -> Iterator:
+  from rf_jax.reference_check import Comparison, mismatch, relative_error
+  model = load_reference_encoder(path)
+  cfg = model.config
+  if "rel_bucket" in z:
+    got = _bucket(np.asarray(z["rel_pos"]), cfg.num_buckets, cfg.max_dist)
+    yield Comparison("t5/rel_bucket", mismatch(got, z["rel_bucket"]), 0.0, "mismatch")
+  ids, mask = jnp.asarray(z["ids"]), jnp.asarray(z["mask"])
+  out, acts = nnx.capture(lambda m, *a: m(*a), nnx.Intermediate)(model, ids, mask)
+  if "emb" in z:
+    yield Comparison("t5/emb", relative_error(np.asarray(acts["emb"].get_value()[0]), z["emb"]), tol)
+  bias, normed, attn, hidden = (np.asarray(a) for a in acts["per_layer"].get_value()[0])  # each [layers, ...]
+  for i in range(cfg.num_layers):
+    for name, value in ((f"pos_bias_{i}", bias[i]), (f"norm1_{i}", normed[i]), (f"attn_out_{i}", attn[i]),
+                        (f"hidden_{i}", hidden[i])):
+      if name in z:
+        yield Comparison(f"t5/{name}", relative_error(value, z[name]), tol)
+  yield Comparison("t5/out", relative_error(out, z["out"]), tol)
+  if "out_wan" in z:
+    yield Comparison("t5/out_wan", relative_error(wan_embeddings(out, mask), z["out_wan"]), tol)
+  if "ids_long" in z:
+    long = model(jnp.asarray(z["ids_long"]), jnp.asarray(z["mask_long"]))
+    yield Comparison("t5/out_long", relative_error(long, z["out_long"]), tol)
