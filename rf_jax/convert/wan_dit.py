@@ -128,7 +128,7 @@ def plan(tensors: Iterable[SourceTensor], targets: Mapping[Path, tuple[int, ...]
         unused.append(f"{t.key} (layer {layer} >= num_layers {num_layers})")
         continue
       want = want[1:]
-    got = _SHAPE_OF[transform](t.shape)
+    got = (_SHAPE_OF.get(transform) or transform.shape_of)(t.shape)
     if got != tuple(want):
       mismatched.append(f"{t.key}: source shape {t.shape} -> {got}, but {format_path(path)} "
                         f"{'(one layer) ' if layer is not None else ''}needs {tuple(want)}")

@@ -1,0 +1,88 @@
+"""The Wan VAE against the real PyTorch VAE's fixture (encode, decode, stage activations, chunked decode), the
+streaming decoder against the whole decode for any split, and the converter on the real key set."""
+
+import json
+import math
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from conftest import fixture_dir
+from rf_jax.convert import ConversionError
+from rf_jax.convert.readers import SourceTensor, open_source
+from rf_jax.convert.wan_dit import plan
+from rf_jax.convert.wan_vae import _COMPILED, convert_vae_tensors, param_shapes
+from rf_jax.reference_check import check_reference
+from rf_jax.vae import VAE_TINY, WAN21_VAE, WanVAE
+
+
+def test_fixture_parity():
+  results, notes = check_reference(fixture_dir("VAE"), tolerance=1e-5, emit=lambda line: None)
+  names = {r.name for r in results}
+  assert {"vae/mu", "vae/act_enc_down5", "vae/dec3_video", "vae/act_dec_up7", "vae/dec6_video",
+          "vae/dec6_streamed_in_2_chunks", "vae/dec3_video_wrapper"} <= names
+  assert all(r.passed for r in results), [r.line() for r in results if not r.passed]
+
+
+@pytest.mark.parametrize("splits", [(1, 1, 1, 1, 1), (2, 3), (3, 2)])
+def test_streaming_decode_equals_the_whole_decode(splits):
+  vae = WanVAE(VAE_TINY, rngs=nnx.Rngs(3))
+  z = jax.random.normal(jax.random.key(0), (1, sum(splits), 2, 3, 16))
+  whole = np.asarray(vae.decode(z))
+  assert whole.shape == (1, 1 + 4 * (sum(splits) - 1), 16, 24, 3)
+  pieces, history, start = [], None, 0
+  for i, n in enumerate(splits):
+    out, history = vae.decode_stream(z[:, start:start + n], history, first=i == 0)
+    assert out.shape[1] == (1 + 4 * (n - 1) if i == 0 else 4 * n)
+    pieces.append(np.asarray(out))
+    start += n
+  np.testing.assert_allclose(np.concatenate(pieces, axis=1), whole, atol=1e-5)
+
+
+def test_stream_step_is_one_compile_with_a_fixed_shape_history():
+  vae = WanVAE(VAE_TINY, rngs=nnx.Rngs(3))
+  graphdef, state = nnx.split(vae)
+  traces = []
+
+  @jax.jit
+  def step(state, z, history):
+    traces.append(1)
+    return nnx.merge(graphdef, state).decode_stream(z, history, first=False)
+
+  z = jax.random.normal(jax.random.key(1), (1, 9, 2, 3, 16))
+  first, history = vae.decode_stream(z[:, :3], None, first=True)
+  outs = [np.asarray(first)]
+  for j in (3, 6):
+    out, history = step(state, z[:, j:j + 3], history)
+    outs.append(np.asarray(out))
+  assert len(traces) == 1
+  np.testing.assert_allclose(np.concatenate(outs, axis=1), np.asarray(vae.decode(z)), atol=1e-5)
+  assert jax.tree.map(jnp.shape, vae.init_stream((1, 3, 2, 3, 16))) == jax.tree.map(jnp.shape, history)
+
+
+def test_real_key_set_fills_the_wan21_preset():
+  tensors = []
+  with open(os.path.join(fixture_dir("VAE"), "real_keys.tsv")) as f:
+    for line in f:
+      parts = line.rstrip("\n").split("\t")
+      if parts[0] == "key":
+        continue
+      tensors.append(SourceTensor(parts[0], tuple(json.loads(parts[1])), np.dtype(np.float32), "real", lambda: None))
+  assert len(tensors) == 194
+  shapes = param_shapes(WAN21_VAE)
+  assert len(plan(tensors, shapes, num_layers=0, rules=_COMPILED)) == 194
+  assert sum(math.prod(s) for s in shapes.values()) == 126_892_531
+
+
+def test_converter_names_every_problem():
+  tensors, _ = open_source(os.path.join(fixture_dir("VAE"), "model.safetensors"))
+  kept = [t for t in tensors if t.key != "decoder.upsamples.3.time_conv.weight"]
+  bad = [SourceTensor(t.key, (1, *t.shape), t.dtype, t.shard, t.load) if t.key == "conv2.weight" else t for t in kept]
+  with pytest.raises(ConversionError) as e:
+    convert_vae_tensors(bad, VAE_TINY)
+  msg = str(e.value)
+  assert "decoder.upsamples.3.time_conv.kernel" in msg and "conv2.weight: source shape" in msg
