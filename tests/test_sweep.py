@@ -16,7 +16,6 @@ from rf_jax import cli
 from rf_jax.memory import RelaxPolicy, WindowPolicy
 from rf_jax.sweep import Sweep, grid, label, load_sweep, plan, run_sweep
 
-pytestmark = pytest.mark.xdist_group("sweep")  # one worker runs the shared uninterrupted sweep once
 
 CONFIG = textwrap.dedent("""
     from rf_jax.memory import RelaxPolicy, WindowPolicy
@@ -57,7 +56,7 @@ def tree(root):
   return sorted(os.path.relpath(os.path.join(d, f), root) for d, _, fs in os.walk(root) for f in fs)
 
 
-def test_sweep_runs_compiles_once_per_layout_and_matches_generate(sweep_file, whole, tmp_path):
+def test_sweep_runs_compiles_once_per_layout_matches_generate_and_resumes_after_kill(sweep_file, whole, tmp_path):
   out, result = whole
   assert result["units"] == 6 and result["ran"] == 6 and result["layouts"] == 2
   assert sorted(result["compiles"].values()) == [1, 1]  # lambda is traced: two settings, one compile
@@ -76,6 +75,8 @@ def test_sweep_runs_compiles_once_per_layout_and_matches_generate(sweep_file, wh
   assert cli.main(["generate", "--preset", "tiny", "--seed", "3", "--frames", "15", "--reservoir-frames", "12",
                    "--lambda", "8.0", "--out", str(gen), "--quiet"]) == 0
   np.testing.assert_allclose(lat[1, 0], np.load(gen / "latents.npy")[0], rtol=0, atol=1e-6)
+  # A sweep killed halfway resumes to this sweep's store, byte for byte.
+  check_kill_and_resume(sweep_file, out, tmp_path)
   # A rerun finds everything done.
   again = run_sweep(load_sweep(sweep_file), str(out), progress=False)
   assert again["ran"] == 0 and again["skipped"] == 6
@@ -107,8 +108,7 @@ def test_shipped_sweep_files_load():
       assert load_sweep(os.path.join(here, name)).policies
 
 
-def test_killed_sweep_resumes_to_the_identical_store(sweep_file, whole, tmp_path):
-  whole = whole[0]
+def check_kill_and_resume(sweep_file, whole, tmp_path):
 
   killed = tmp_path / "killed"
   cmd = [sys.executable, "-m", "rf_jax.cli", "sweep", sweep_file, "--out", str(killed), "--quiet"]
