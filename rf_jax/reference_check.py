@@ -77,6 +77,24 @@ def relative_error(out: np.ndarray, ref: np.ndarray) -> float:
   return float(diff / denom) if denom > 0 else float(diff)
 
 
+def read_reference_folder(path: str) -> tuple[dict, str, list]:
+  """A reference folder's config.json (which must hold `constructor_args`), its path, and the tensors of its
+  model.safetensors (listed, not read)."""
+  from rf_jax.convert.readers import open_source
+  cfg_path = os.path.join(path, "config.json")
+  try:
+    with open(cfg_path) as f:
+      config = json.load(f)
+  except FileNotFoundError:
+    raise ValueError(f"{path}: no config.json") from None
+  if "constructor_args" not in config:
+    raise ValueError(f"{cfg_path}: missing 'constructor_args'")
+  weights = os.path.join(path, "model.safetensors")
+  if not os.path.exists(weights):
+    raise ValueError(f"{path}: no model.safetensors")
+  return config, cfg_path, open_source(weights)[0]
+
+
 @dataclasses.dataclass(frozen=True)
 class ReferenceFolder:
   path: str

@@ -8,6 +8,7 @@ import functools
 import numpy as np
 from flax import nnx
 
+from rf_jax.convert.modules import fill, module_from_params, param_shapes_of
 from rf_jax.convert.readers import SourceTensor
 from rf_jax.convert.wan_dit import Rule, _linear, compile_rules, plan
 from rf_jax.text.umt5 import UMT5Config
@@ -34,8 +35,7 @@ def abstract_encoder(config: UMT5Config, dtype=None):
 
 @functools.lru_cache(maxsize=8)
 def _shapes(config: UMT5Config) -> tuple:
-  state = nnx.state(abstract_encoder(config), nnx.Param)
-  return tuple((tuple(p), tuple(v.shape)) for p, v in nnx.to_flat_state(state))
+  return param_shapes_of(abstract_encoder(config))
 
 
 def param_shapes(config: UMT5Config) -> dict[Path, tuple[int, ...]]:
@@ -47,21 +47,9 @@ def convert_umt5_tensors(tensors: list[SourceTensor], config: UMT5Config) -> dic
   mismatches are all reported at once, before any data is read."""
   shapes = param_shapes(config)
   assignments = plan(tensors, shapes, num_layers=config.num_layers, rules=_COMPILED)
-  out = {p: np.empty(s, np.float32) for p, s in shapes.items()}
-  for a in assignments:
-    value = a.transform(a.source.load()).astype(np.float32)
-    if a.layer is None:
-      out[a.target][...] = value
-    else:
-      out[a.target][a.layer] = value
-  return out
+  return fill(assignments, shapes)
 
 
 def encoder_from_params(config: UMT5Config, params, *, dtype=None):
   """A `UMT5Encoder` whose parameters are `params` ({flax path: array})."""
-  from rf_jax.checkpoint import nest
-  model = abstract_encoder(config, dtype)
-  state = nnx.state(model, nnx.Param)
-  nnx.replace_by_pure_dict(state, nest(params))
-  nnx.update(model, state)
-  return model
+  return module_from_params(lambda: abstract_encoder(config, dtype), params)

@@ -8,6 +8,7 @@ import functools
 import numpy as np
 from flax import nnx
 
+from rf_jax.convert.modules import fill, module_from_params, param_shapes_of
 from rf_jax.convert.readers import SourceTensor
 from rf_jax.convert.wan_dit import Rule, _conv3d, compile_rules, plan
 from rf_jax.vae.wan_vae import VAEConfig
@@ -69,8 +70,7 @@ def abstract_vae(config: VAEConfig, dtype=None):
 
 @functools.lru_cache(maxsize=8)
 def _shapes(config: VAEConfig) -> tuple:
-  state = nnx.state(abstract_vae(config), nnx.Param)
-  return tuple((tuple(p), tuple(v.shape)) for p, v in nnx.to_flat_state(state))
+  return param_shapes_of(abstract_vae(config))
 
 
 def param_shapes(config: VAEConfig) -> dict[Path, tuple[int, ...]]:
@@ -81,16 +81,8 @@ def convert_vae_tensors(tensors: list[SourceTensor], config: VAEConfig) -> dict[
   """Every VAE parameter (float32) from `tensors`, strictly."""
   shapes = param_shapes(config)
   assignments = plan(tensors, shapes, num_layers=0, rules=_COMPILED)
-  out = {p: np.empty(s, np.float32) for p, s in shapes.items()}
-  for a in assignments:
-    out[a.target][...] = a.transform(a.source.load()).astype(np.float32)
-  return out
+  return fill(assignments, shapes)
 
 
 def vae_from_params(config: VAEConfig, params, *, dtype=None):
-  from rf_jax.checkpoint import nest
-  model = abstract_vae(config, dtype)
-  state = nnx.state(model, nnx.Param)
-  nnx.replace_by_pure_dict(state, nest(params))
-  nnx.update(model, state)
-  return model
+  return module_from_params(lambda: abstract_vae(config, dtype), params)

@@ -4,8 +4,6 @@ output, Wan's zeroed embeddings, and a 160-token prompt that reaches the log buc
 
 from __future__ import annotations
 
-import json
-import os
 from typing import Iterator
 
 import jax.numpy as jnp
@@ -16,22 +14,14 @@ from rf_jax.text.umt5 import UMT5Config, _bucket, wan_embeddings
 
 
 def load_reference_encoder(path: str):
-  from rf_jax.convert.readers import open_source
   from rf_jax.convert.umt5 import convert_umt5_tensors, encoder_from_params
-  cfg_path = os.path.join(path, "config.json")
-  with open(cfg_path) as f:
-    d = json.load(f)
-  if "constructor_args" not in d:
-    raise ValueError(f"{cfg_path}: missing 'constructor_args'")
+  from rf_jax.reference_check import read_reference_folder
+  d, cfg_path, tensors = read_reference_folder(path)
   config = UMT5Config.from_constructor_args(d["constructor_args"], source=cfg_path)
   if "eps" in d or "max_dist" in d:
     import dataclasses
     config = dataclasses.replace(config, eps=float(d.get("eps", config.eps)),
                                  max_dist=int(d.get("max_dist", config.max_dist)))
-  weights = os.path.join(path, "model.safetensors")
-  if not os.path.exists(weights):
-    raise ValueError(f"{path}: no model.safetensors")
-  tensors, _ = open_source(weights)
   return encoder_from_params(config, {p: jnp.asarray(v) for p, v in convert_umt5_tensors(tensors, config).items()})
 
 

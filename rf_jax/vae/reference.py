@@ -5,8 +5,6 @@ reference's chunked decode. Arrays are in the reference's model layout [B, C, T,
 
 from __future__ import annotations
 
-import json
-import os
 from typing import Iterator
 
 import jax.numpy as jnp
@@ -26,18 +24,10 @@ def vae_config_from_constructor_args(args: dict, *, source: str) -> VAEConfig:
 
 
 def load_reference_vae(path: str):
-  from rf_jax.convert.readers import open_source
   from rf_jax.convert.wan_vae import convert_vae_tensors, vae_from_params
-  cfg_path = os.path.join(path, "config.json")
-  with open(cfg_path) as f:
-    d = json.load(f)
-  if "constructor_args" not in d:
-    raise ValueError(f"{cfg_path}: missing 'constructor_args'")
+  from rf_jax.reference_check import read_reference_folder
+  d, cfg_path, tensors = read_reference_folder(path)
   config = vae_config_from_constructor_args(d["constructor_args"], source=cfg_path)
-  weights = os.path.join(path, "model.safetensors")
-  if not os.path.exists(weights):
-    raise ValueError(f"{path}: no model.safetensors")
-  tensors, _ = open_source(weights)
   return vae_from_params(config, {p: jnp.asarray(v) for p, v in convert_vae_tensors(tensors, config).items()})
 
 
