@@ -42,12 +42,24 @@ def resolve_config(spec: str | None, src: str | None = None) -> ModelConfig:
 
 
 def cmd_convert(args) -> int:
-  from rf_jax.convert import convert_checkpoint
-  config = resolve_config(args.config, args.src)
+  from rf_jax.convert import convert_checkpoint, open_source
+  from rf_jax.convert.wan_folder import config_for, convert_wan_folder, detect_kind, is_wan_folder
   t0 = time.perf_counter()
+  if is_wan_folder(args.src):
+    result = convert_wan_folder(args.src, args.out, dit=args.dit, weights=args.weights, config=args.config,
+                                dtype=args.dtype, force=args.force, progress=not args.quiet)
+    print(json.dumps(result))
+    return 0
+  if args.dit:
+    raise ValueError("--dit applies to a whole Wan folder (one holding models_t5_umt5-xxl-enc-bf16.pth and "
+                     "Wan2.1_VAE.pth)")
+  tensors, _ = open_source(args.src, weights=args.weights)
+  kind = detect_kind(tensors)
+  config = config_for(kind, tensors, args.config, args.src)
   meta = convert_checkpoint(args.src, args.out, config=config, weights=args.weights, dtype=args.dtype,
                             force=args.force, progress=not args.quiet)
-  print(json.dumps({"out": os.path.abspath(args.out), "seconds": round(time.perf_counter() - t0, 2), **meta}))
+  print(json.dumps({"out": os.path.abspath(args.out), "kind": kind, "seconds": round(time.perf_counter() - t0, 2),
+                    **meta}))
   return 0
 
 
@@ -57,12 +69,16 @@ def cmd_inspect(args) -> int:
   if (args.ckpt is None) == (args.preset is None):
     raise ValueError("give a checkpoint folder or --preset NAME (not both)")
   if args.preset is not None:
-    config = resolve_config(args.preset)
+    from rf_jax.text.umt5 import PRESETS as TEXT_PRESETS
+    from rf_jax.vae.wan_vae import PRESETS as VAE_PRESETS
+    config = {**TEXT_PRESETS, **VAE_PRESETS}.get(args.preset) or resolve_config(args.preset)
     shapes = checkpoint.param_shapes(config)  # jax.eval_shape: nothing is allocated
     dtypes = {p: np.dtype(np.float32) for p in shapes}
     meta = {"source": f"preset {args.preset} (shapes only, float32)"}
   else:
-    config = checkpoint.load_config(args.ckpt)
+    if os.path.isfile(os.path.join(args.ckpt, "pipeline.json")):
+      raise ValueError(f"{args.ckpt} is a pipeline folder; inspect its parts: dit/, umt5/ or vae/")
+    config = checkpoint.load_config(args.ckpt, kind=None)
     shapes = checkpoint.param_shapes(config)
     dtypes = checkpoint.stored_dtypes(args.ckpt)
     meta = checkpoint.load_meta(args.ckpt)
@@ -73,6 +89,7 @@ def cmd_inspect(args) -> int:
     entry[1] += int(np.prod(s, dtype=np.int64))
   total = sum(v[1] for v in by_dtype.values())
   nbytes = sum(int(np.prod(shapes[p], dtype=np.int64)) * dtypes[p].itemsize for p in shapes)
+  print(f"{checkpoint.kind_of(config).title}:")
   print(json.dumps(config.to_dict(), indent=2))
   print(f"parameters: {total:,} in {len(shapes)} arrays ({nbytes / 2**30:.3f} GiB)")
   for dt, (n, count) in sorted(by_dtype.items()):
@@ -184,17 +201,40 @@ def add_parallel_flags(p) -> None:
                  help="initialise jax.distributed from the cluster (TPU pods: automatic; SLURM, Open MPI)")
 
 
+def read_prompts(args) -> list[str]:
+  """--prompt (repeatable) then the lines of --prompts FILE (blank lines and lines starting with # skipped)."""
+  prompts = list(args.prompt or [])
+  if args.prompts:
+    try:
+      with open(args.prompts, encoding="utf-8") as f:
+        lines = f.read().splitlines()
+    except FileNotFoundError:
+      raise ValueError(f"--prompts {args.prompts}: no such file") from None
+    except UnicodeDecodeError as e:
+      raise ValueError(f"--prompts {args.prompts}: not UTF-8 text ({e})") from None
+    found = [ln.strip() for ln in lines if ln.strip() and not ln.lstrip().startswith("#")]
+    if not found:
+      raise ValueError(f"--prompts {args.prompts}: holds no prompt")
+    prompts += found
+  if any(not p.strip() for p in prompts):
+    raise ValueError("--prompt is empty")
+  return prompts
+
+
 def cmd_generate(args) -> int:
   import jax.numpy as jnp
   from flax import nnx
-  from rf_jax import checkpoint
+  from rf_jax import checkpoint, pipeline
+  from rf_jax.model import CausalWanDiT
   from rf_jax.generate import GenerateSpec, generate, load_text_embeddings
   from rf_jax.memory import policy_from_dict
-  from rf_jax.model import CausalWanDiT
   from rf_jax.sampling import Sampler
+  from rf_jax.text.encode import default_cache_dir, pad_embeddings
   if os.path.exists(args.out) and not args.force:
     raise FileExistsError(f"{os.path.abspath(args.out)} already exists; pass --force to replace it")
-  mesh = setup_parallel(args)
+  prompts = read_prompts(args)
+  if prompts and args.text_embeddings:
+    raise ValueError("give text as --prompt/--prompts or as --text-embeddings, not both")
   block = {"policy": args.memory}
   for attr, key in _POLICY_FLAGS.items():
     if getattr(args, attr) is not None:
@@ -202,28 +242,49 @@ def cmd_generate(args) -> int:
   policy = policy_from_dict(block, source="--memory options")
   sampler = Sampler.from_steps(args.steps, warp=not args.no_warp, shift=args.shift, context_noise=args.context_noise,
                                chunk_frames=args.chunk_frames)
+  sources = pipeline.resolve_sources(args.checkpoint, args.preset, text_encoder=args.text_encoder,
+                                     tokenizer=args.tokenizer, vae=args.vae)
+  dit_config = (checkpoint.load_config(sources.dit, "dit") if sources.dit else resolve_config(args.preset))
+  mesh = setup_parallel(args)
+  text, text_info = None, {}
+  if prompts:  # encode first: the text encoder is dropped before the DiT is loaded
+    encoder = pipeline.prompt_encoder(sources, dit_config, seed=args.seed,
+                                      cache_dir=None if args.no_text_cache else args.text_cache or default_cache_dir())
+    text = pad_embeddings(encoder(prompts), dit_config.text_len)
+    text_info = {"text_encoder": sources.umt5, "tokenizer": sources.tokenizer, "text_cache": encoder.cache_dir,
+                 "prompts_encoded": encoder.encoded, "prompts_cached": len(set(prompts)) - encoder.encoded}
+    del encoder
+  elif args.text_embeddings:
+    text = load_text_embeddings(args.text_embeddings, args.batch, dit_config.text_len, dit_config.text_dim)
   dtype = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[args.compute_dtype]
-  if args.checkpoint:
-    model = checkpoint.load_model(args.checkpoint, dtype=dtype, attn_impl=args.attention,
+  if sources.dit:
+    model = checkpoint.load_model(sources.dit, dtype=dtype, attn_impl=args.attention,
                                   shardings=None if mesh is None else param_shardings(mesh))
     source = {"checkpoint": os.path.abspath(args.checkpoint)}
   else:
-    model = CausalWanDiT(resolve_config(args.preset), dtype=dtype, attn_impl=args.attention,
-                         rngs=nnx.Rngs(args.seed))
+    model = CausalWanDiT(dit_config, dtype=dtype, attn_impl=args.attention, rngs=nnx.Rngs(args.seed))
     source = {"preset": args.preset, "weights": f"random (seed {args.seed})"}
+  vae = None
+  if not args.no_video:
+    if sources.vae is None:
+      print("rf-jax generate: no VAE (give --vae DIR or a pipeline --checkpoint): writing latents only",
+            file=sys.stderr)
+    else:
+      vae = pipeline.load_vae(sources.vae, dit_config, seed=args.seed)
+      source["vae"] = sources.vae
   latent_hw = tuple(args.latent_hw) if args.latent_hw else ((8, 8) if args.preset == "tiny" and not args.checkpoint
                                                             else (60, 104))
-  cfg = model.config
-  text = (load_text_embeddings(args.text_embeddings, args.batch, cfg.text_len, cfg.text_dim)
-          if args.text_embeddings else None)
-  spec = GenerateSpec(frames=args.frames, seed=args.seed, batch=args.batch, latent_hw=latent_hw)
-  summary = generate(model, policy, sampler, spec, args.out, text_embeddings=text, force=args.force,
-                     progress=not args.quiet, mesh=mesh, extra_summary={"source": source})
+  batch = args.batch if not prompts else min(args.batch, len(prompts))
+  spec = GenerateSpec(frames=args.frames, seed=args.seed, batch=batch, latent_hw=latent_hw, fps=args.fps)
+  summary = generate(model, policy, sampler, spec, args.out, text_embeddings=text, prompts=prompts or None,
+                     vae=vae, force=args.force, progress=not args.quiet, mesh=mesh,
+                     extra_summary={"source": source, **text_info})
   import jax
   if jax.process_index():
     return 0
-  print(json.dumps({k: summary[k] for k in ("frames", "chunks", "compile_count", "seconds", "peak_bytes",
-                                            "peak_bytes_source")} | {"out": os.path.abspath(args.out)}))
+  print(json.dumps({k: summary[k] for k in ("frames", "samples", "chunks", "compile_count", "seconds", "peak_bytes",
+                                            "peak_bytes_source")}
+                   | {"video": (summary["video"] or {}).get("files"), "out": os.path.abspath(args.out)}))
   return 0
 
 
@@ -242,22 +303,27 @@ def build_parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(prog="rf-jax", description=__doc__)
   sub = parser.add_subparsers(dest="command", required=True)
 
-  p = sub.add_parser("convert", help="convert PyTorch DiT weights into an rf_jax (orbax) checkpoint")
-  p.add_argument("src", help=".safetensors, *.safetensors.index.json, a Wan model folder, or a .pt/.pth file")
-  p.add_argument("out", help="checkpoint folder to write")
-  p.add_argument("--config", help=f"a preset ({', '.join(sorted(PRESETS))}) or a config.json; default: the "
-                 "config.json inside a Wan model folder")
+  p = sub.add_parser("convert", help="convert PyTorch weights (a DiT, umT5, the VAE, or a whole Wan folder) into "
+                     "rf_jax (orbax) checkpoints")
+  p.add_argument("src", help="a whole Wan model folder (DiT + umT5 + VAE + tokenizer -> a pipeline folder), or one "
+                 "model's weights: .safetensors, *.safetensors.index.json, a folder of DiT weights, or .pt/.pth")
+  p.add_argument("out", help="folder to write")
+  p.add_argument("--config", help=f"DiT config: a preset ({', '.join(sorted(PRESETS))}) or a config.json; default: "
+                 "the config.json inside the Wan model folder (umT5 and VAE configs are read off the weights)")
+  p.add_argument("--dit", help="with a Wan folder: take the DiT from this file instead (e.g. self_forcing_dmd.pt)")
   p.add_argument("--weights", choices=["generator_ema", "generator", "model", "state_dict"],
                  help="entry of a .pt checkpoint to read (default: generator_ema when present)")
   p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"],
-                 help="store kernels in this dtype (biases, norms and modulation stay float32); default: as stored")
+                 help="store DiT and umT5 matrices in this dtype (biases, norms and modulation stay float32; a Wan "
+                      "folder's VAE keeps its own); default: as stored")
   p.add_argument("--force", action="store_true", help="replace an existing OUT")
   p.add_argument("--quiet", action="store_true", help="no progress bar")
   p.set_defaults(func=cmd_convert)
 
   p = sub.add_parser("inspect", help="print a checkpoint's (or a preset's) config, parameter count and dtypes")
   p.add_argument("ckpt", nargs="?", help="rf_jax checkpoint folder")
-  p.add_argument("--preset", help="count a preset's parameters through jax.eval_shape instead")
+  p.add_argument("--preset", help="count a preset's parameters through jax.eval_shape instead (DiT presets, "
+                 "umt5-xxl, umt5-tiny, wan2.1-vae, vae-tiny)")
   p.set_defaults(func=cmd_inspect)
 
   p = sub.add_parser("check-reference", help="compare the port with a folder of PyTorch reference outputs")
@@ -270,8 +336,10 @@ def build_parser() -> argparse.ArgumentParser:
 
   p = sub.add_parser("generate", help="generate a video's latents autoregressively with a KV-memory policy")
   src = p.add_mutually_exclusive_group()
-  src.add_argument("--checkpoint", help="rf_jax checkpoint folder (from `rf-jax convert`)")
-  src.add_argument("--preset", default="tiny", help="random weights of a preset (default tiny)")
+  src.add_argument("--checkpoint", help="rf_jax DiT checkpoint, or a pipeline folder (a Wan folder converted by "
+                   "`rf-jax convert`: DiT, text encoder, tokenizer and VAE)")
+  src.add_argument("--preset", default="tiny", help="random weights of a preset (default tiny: with a random tiny "
+                   "text encoder, VAE and a built-in byte tokenizer)")
   p.add_argument("--memory", choices=["window", "relax", "slow_fast"], default="relax")
   g = p.add_argument_group("memory options (each policy takes its own; see README)")
   g.add_argument("--window-frames", type=int, help="window: frames attended incl. the chunk; -1 = all")
@@ -290,8 +358,20 @@ def build_parser() -> argparse.ArgumentParser:
   g.add_argument("--mode", help="slow_fast: clean (default) | upstream")
   p.add_argument("--frames", type=int, default=21, help="latent frames (a multiple of --chunk-frames)")
   p.add_argument("--seed", type=int, default=0, help="noise (and, without a checkpoint, weights and text)")
-  p.add_argument("--text-embeddings", help=".npy of umT5 embeddings [P, text_dim] or [B, P, text_dim]")
-  p.add_argument("--batch", type=int, default=1)
+  t = p.add_argument_group("text and video (a pipeline --checkpoint supplies the text encoder, tokenizer and VAE)")
+  t.add_argument("--prompt", action="append", help="a text prompt (repeat for several videos)")
+  t.add_argument("--prompts", help="a UTF-8 file of prompts, one per line (# comments and blank lines skipped)")
+  t.add_argument("--text-embeddings", help=".npy of umT5 embeddings [P, text_dim] or [B, P, text_dim]")
+  t.add_argument("--text-encoder", help="umT5 checkpoint folder (from `rf-jax convert`)")
+  t.add_argument("--tokenizer", help="folder holding the umT5 tokenizer.json (e.g. Wan's google/umt5-xxl)")
+  t.add_argument("--text-cache", help="where encoded prompts are kept (default $RF_JAX_CACHE/text or "
+                 "~/.cache/rf_jax/text)")
+  t.add_argument("--no-text-cache", action="store_true", help="encode every prompt, keep nothing")
+  t.add_argument("--vae", help="Wan VAE checkpoint folder: decode to mp4 during the rollout")
+  t.add_argument("--no-video", action="store_true", help="write latents only (no VAE decode)")
+  t.add_argument("--fps", type=int, default=16, help="mp4 frame rate (default 16, Wan's)")
+  p.add_argument("--batch", type=int, default=1, help="samples per compiled rollout (with several prompts: at most "
+                 "this many at once)")
   p.add_argument("--latent-hw", type=int, nargs=2, metavar=("H", "W"),
                  help="latent size (default 60 104 = 480x832 video; 8 8 for the tiny preset)")
   p.add_argument("--chunk-frames", type=int, default=3)

@@ -1,10 +1,16 @@
-"""`rf-jax generate`: a whole video's latents from a model, a memory policy and a seed.
+"""`rf-jax generate`: whole videos from a model, a memory policy, prompts and a seed.
 
 Outputs (written into a temporary folder beside OUT and renamed into place at the end, so a killed run leaves no
 half-written OUT):
-  latents.npy        float32 [B, frames, C, H, W] (the PyTorch pipeline's layout), streamed chunk by chunk
+  video.mp4          H.264, 16 fps, when a VAE is given: decoded chunk by chunk during the rollout (one file per
+                     sample: video_000.mp4, ... when there are several)
+  latents.npy        float32 [N, frames, C, H, W] (the PyTorch pipeline's layout), streamed chunk by chunk
   memory_trace.json  per chunk: what the memory held, the RoPE positions, candidates/scores/choice, promotions
-  summary.json       frames, chunks, policy, compile_count, seconds, peak_bytes (+ where it was measured), ...
+                     (of the first batch)
+  summary.json       frames, chunks, policy, prompts, videos, compile_count, seconds, peak_bytes, ...
+
+N samples run `batch` at a time through one compiled rollout. With prompts, every prompt's noise is the seed's
+(sample k's video is the one `generate --prompt P_k --seed S` writes alone).
 """
 
 from __future__ import annotations
@@ -36,6 +42,51 @@ class GenerateSpec:
   seed: int = 0
   batch: int = 1
   latent_hw: tuple[int, int] = (60, 104)
+  fps: int = 16
+
+
+class _VideoDecoder:
+  """The VAE's streaming decode, jitted (one compile for the first chunk, one for the rest), and one mp4 per sample.
+
+  Each sample keeps its own decoder history (a fixed-shape pytree), so pixel frames exist only one chunk at a time.
+  """
+
+  def __init__(self, vae, chunk_shape: tuple[int, ...], folder: str, names: list[str], frames: int, fps: int):
+    from flax import nnx
+    from rf_jax.video import Mp4Writer
+    graphdef, state = nnx.split(vae)
+    self._state = state
+    self._decode = jax.jit(lambda st, z, hist, first: nnx.merge(graphdef, st).decode_stream(z, hist, first=first),
+                           static_argnums=3)
+    self._zero = vae.init_stream((1, *chunk_shape[1:]))
+    s, t = vae.config.spatial_stride, vae.config.temporal_stride
+    self.height, self.width = chunk_shape[2] * s, chunk_shape[3] * s
+    self.total = 1 + t * (frames - 1)  # pixel frames of `frames` latents
+    self._writer = lambda name: Mp4Writer(os.path.join(folder, name), height=self.height, width=self.width, fps=fps)
+    self.names = names
+    self._open: dict[int, list] = {}  # sample -> [writer, history, frames written]
+
+  def add(self, sample: int, chunk_index: int, z: np.ndarray) -> None:
+    """z: this sample's latents of one chunk [F, h, w, C] (chunk_index 0 starts its video)."""
+    from rf_jax.video import to_uint8
+    if chunk_index == 0:
+      self._open[sample] = [self._writer(self.names[sample]), self._zero, 0]
+    entry = self._open[sample]
+    pixels, entry[1] = self._decode(self._state, jnp.asarray(z[None]), entry[1], chunk_index == 0)
+    keep = min(pixels.shape[1], self.total - entry[2])  # the last chunk may run past --frames
+    if keep > 0:
+      entry[0].write(to_uint8(np.asarray(pixels[0, :keep])))
+      entry[2] += keep
+
+  def finish(self) -> None:
+    for writer, _, _ in self._open.values():
+      writer.close()
+    self._open.clear()
+
+  def abort(self) -> None:
+    for writer, _, _ in self._open.values():
+      writer.__exit__(RuntimeError, None, None)
+    self._open.clear()
 
 
 def load_text_embeddings(path: str, batch: int, text_len: int, text_dim: int) -> np.ndarray:
@@ -142,13 +193,21 @@ def shared_directory(dest: str, *, force: bool = False):
   barrier("rf_jax.generate.renamed")
 
 
-def generate(model, policy: Policy, sampler: Sampler, spec: GenerateSpec, out: str, *,
-             text_embeddings: np.ndarray | None = None, force: bool = False, progress: bool = True,
-             mesh: jax.sharding.Mesh | None = None, extra_summary: dict[str, Any] | None = None) -> dict[str, Any]:
-  """Runs the rollout and writes OUT atomically; returns the summary.
+def video_names(n: int) -> list[str]:
+  return ["video.mp4"] if n == 1 else [f"video_{k:03d}.mp4" for k in range(n)]
 
+
+def generate(model, policy: Policy, sampler: Sampler, spec: GenerateSpec, out: str, *,
+             text_embeddings: np.ndarray | None = None, prompts: list[str] | None = None, vae=None,
+             force: bool = False, progress: bool = True, mesh: jax.sharding.Mesh | None = None,
+             extra_summary: dict[str, Any] | None = None) -> dict[str, Any]:
+  """Runs the rollouts and writes OUT atomically; returns the summary.
+
+  text_embeddings: float32 [N, P, text_dim] (N samples; P <= text_len rows, zero-padded), or None for `batch`
+    seeded random prompts. prompts: the N texts they came from (then each sample's noise is the seed's alone).
+  vae: a `WanVAE` to decode the latents into mp4 files during the rollout (None: latents only).
   With a `mesh`, the rollout runs sharded on it (placement.py); with several processes each writes only its own
-  samples' latents, and process 0 the JSON files.
+  samples' latents and videos, and process 0 the JSON files.
   """
   cfg = model.config
   f = sampler.chunk_frames
@@ -165,12 +224,20 @@ def generate(model, policy: Policy, sampler: Sampler, spec: GenerateSpec, out: s
     text_source = f"random (seed {spec.seed})"
   else:
     context = np.asarray(text_embeddings)
-    text_source = "file"
+    text_source = "prompts" if prompts else "file"
+  n = context.shape[0]
+  if prompts is None and n != spec.batch:
+    raise ValueError(f"{n} text embeddings for --batch {spec.batch}")
+  # With prompts every sample draws the seed's noise alone (sample_noise: one key per sample); otherwise one key
+  # draws the whole batch's noise, as before prompts existed.
+  keys = jnp.stack([noise_key] * spec.batch) if prompts else noise_key
   hl, wl = spec.latent_hw
-  shape = (spec.batch, spec.frames, cfg.out_dim, hl, wl)
+  shape = (n, spec.frames, cfg.out_dim, hl, wl)
+  names = video_names(n) if vae is not None else []
   chunks: list[dict[str, Any]] = []
   times: list[float] = []
-  bar = _Progress(rollout.num_chunks, progress and is_leader())
+  groups = [(g, min(spec.batch, n - g)) for g in range(0, n, spec.batch)]
+  bar = _Progress(rollout.num_chunks * len(groups), progress and is_leader())
 
   with shared_directory(out, force=force) as tmp:
     latents_path = os.path.join(tmp, "latents.npy")
@@ -178,26 +245,49 @@ def generate(model, policy: Policy, sampler: Sampler, spec: GenerateSpec, out: s
       _LatentWriter.create(latents_path, shape)
     barrier("rf_jax.generate.latents")
     writer = _LatentWriter(latents_path, shape)
+    decoder = (_VideoDecoder(vae, rollout.chunk_shape, tmp, names, spec.frames, spec.fps)
+               if vae is not None else None)
     t0 = time.perf_counter()
+    try:
+      for gi, (start, count) in enumerate(groups):
+        rows = [min(start + i, n - 1) for i in range(spec.batch)]  # the last group is padded by repeats
 
-    def on_chunk(j, chunk_out):
-      keep = min(f, spec.frames - j * f)
-      for first, rows in placement.host_rows(chunk_out.latents):  # this process's samples
-        writer.write(j * f, np.moveaxis(rows[:, :keep], -1, 2), first)  # [b, F, H, W, C] -> [b, F, C, H, W]
-      chunks.append({"chunk": j, "frames": [j * f, j * f + f - 1],
-                     **policy.describe(j, chunk_out.trace, chunk_out.calls)})
-      times.append(time.perf_counter())
-      bar.update(j + 1)
+        def on_chunk(j, chunk_out, gi=gi, start=start, count=count):
+          keep = min(f, spec.frames - j * f)
+          for first, block in placement.host_rows(chunk_out.latents):  # this process's samples
+            real = max(0, min(block.shape[0], count - first))
+            if real == 0:
+              continue
+            writer.write(j * f, np.moveaxis(block[:real, :keep], -1, 2), start + first)  # -> [b, F, C, H, W]
+            if decoder is not None:
+              for i in range(real):
+                decoder.add(start + first + i, j, block[i])
+          if gi == 0:
+            chunks.append({"chunk": j, "frames": [j * f, j * f + f - 1],
+                           **policy.describe(j, chunk_out.trace, chunk_out.calls)})
+          times.append(time.perf_counter())
+          bar.update(gi * rollout.num_chunks + j + 1)
 
-    rollout.run(context, key=noise_key, on_chunk=on_chunk)
+        rollout.run(context[rows], key=keys, on_chunk=on_chunk)
+        if decoder is not None:
+          decoder.finish()
+    except BaseException:
+      if decoder is not None:
+        decoder.abort()
+      raise
     seconds = time.perf_counter() - t0
     writer.close()
     peak, peak_source = peak_bytes()
-    intervals = np.diff(times) if len(times) > 1 else np.array([])
+    intervals = np.diff(times[:rollout.num_chunks]) if len(times) > 1 else np.array([])
+    video = None
+    if decoder is not None:
+      video = {"files": names, "frames": decoder.total, "height": decoder.height, "width": decoder.width,
+               "fps": spec.fps, "codec": "h264"}
     summary = {
         "frames": spec.frames, "generated_frames": generated, "chunks": rollout.num_chunks, "chunk_frames": f,
-        "batch": spec.batch,
+        "batch": spec.batch, "samples": n,
         "latent_hw": list(spec.latent_hw), "seed": spec.seed, "text": text_source,
+        "prompts": list(prompts) if prompts else None, "video": video,
         "policy": policy_to_dict(policy), "sampler": {"timesteps": list(sampler.timesteps),
                                                       "context_noise": sampler.context_noise,
                                                       "shift": sampler.schedule.shift},

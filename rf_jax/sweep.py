@@ -54,10 +54,12 @@ class Sweep:
   """A sweep's grid and run settings.
 
   policies: the memory configurations (`grid` expands settings).
-  prompts: "random:K" (the seeded random embedding `generate --seed K` uses) or a .npy of text embeddings
-    [P, text_dim] (P <= text_len), relative to the sweep file.
+  prompts: text (encoded by the model's umT5 once, then read from the text cache: $RF_JAX_CACHE/text or
+    ~/.cache/rf_jax/text), "random:K" (the seeded random embedding `generate --seed K` uses), or a .npy of text
+    embeddings [P, text_dim] (P <= text_len), relative to the sweep file.
   seeds: noise seeds; every prompt runs with every seed.
-  model: a preset name (random weights from `weights_seed`) or an rf_jax checkpoint folder.
+  model: a preset name (random weights from `weights_seed`; "tiny" has a random text encoder too), an rf_jax DiT
+    checkpoint folder, or a pipeline folder (a Wan folder converted by `rf-jax convert`, needed for text prompts).
   batch: samples per compiled run (a multiple of the mesh's data x fsdp); default: data x fsdp.
   """
   policies: tuple[Policy, ...]
@@ -138,8 +140,12 @@ def label(policy: Policy) -> str:
 # ------------------------------------------------------------------------------------------------ inputs
 
 
+def is_text_prompt(prompt: str) -> bool:
+  return not prompt.startswith("random:") and not prompt.endswith(".npy")
+
+
 def prompt_embedding(prompt: str, text_len: int, text_dim: int, source_dir: str) -> np.ndarray:
-  """A prompt as float32 [text_len, text_dim] (zero-padded rows, as the model pads them)."""
+  """A random:K or .npy prompt as float32 [text_len, text_dim] (zero-padded rows, as the model pads them)."""
   if prompt.startswith("random:"):
     try:
       k = int(prompt.split(":", 1)[1])
@@ -147,13 +153,25 @@ def prompt_embedding(prompt: str, text_len: int, text_dim: int, source_dir: str)
       raise ValueError(f"prompt {prompt!r}: expected random:INTEGER") from None
     text_key = jax.random.split(jax.random.key(k))[1]  # as `generate --seed K` draws its random prompt
     return np.asarray(jax.random.normal(text_key, (1, text_len, text_dim), jnp.float32))[0]
-  if not prompt.endswith(".npy"):
-    raise ValueError(f"prompt {prompt!r}: text prompts need the umT5 text encoder, which rf_jax does not have yet; "
-                     "give a .npy of text embeddings [P, text_dim] or random:K")
   from rf_jax.generate import load_text_embeddings
   path = prompt if os.path.isabs(prompt) else os.path.join(source_dir, prompt)
   arr = load_text_embeddings(path, 1, text_len, text_dim)[0]
   return np.pad(arr, ((0, text_len - arr.shape[0]), (0, 0)))
+
+
+def _embeddings(sweep: Sweep, config) -> dict[str, np.ndarray]:
+  """Every prompt's [text_len, text_dim] embedding; text prompts through the pipeline's umT5 and the text cache."""
+  out = {p: prompt_embedding(p, config.text_len, config.text_dim, sweep.source_dir)
+         for p in sweep.prompts if not is_text_prompt(p)}
+  texts = [p for p in sweep.prompts if is_text_prompt(p)]
+  if texts:
+    from rf_jax import pipeline
+    from rf_jax.text.encode import default_cache_dir, pad_embeddings
+    path = _model_path(sweep)
+    sources = pipeline.resolve_sources(path, None if path else sweep.model)
+    encoder = pipeline.prompt_encoder(sources, config, seed=sweep.weights_seed, cache_dir=default_cache_dir())
+    out.update(zip(texts, pad_embeddings(encoder(texts), config.text_len)))
+  return out
 
 
 def sample_keys(seeds: Sequence[int]) -> jax.Array:
@@ -223,21 +241,38 @@ def layouts(sweep: Sweep) -> dict[Policy, list[int]]:
   return out
 
 
-def _build_model(sweep: Sweep, mesh):
-  from flax import nnx
-  from rf_jax import checkpoint
-  from rf_jax.cli import param_shardings, resolve_config
+def _model_path(sweep: Sweep) -> str | None:
+  """The checkpoint or pipeline folder of Sweep.model, or None for a preset."""
   from rf_jax.config import PRESETS
-  from rf_jax.model import CausalWanDiT
-  dtype = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[sweep.compute_dtype]
   if sweep.model in PRESETS:
-    return CausalWanDiT(resolve_config(sweep.model), dtype=dtype, attn_impl=sweep.attention,
-                        rngs=nnx.Rngs(sweep.weights_seed))
+    return None
   path = sweep.model if os.path.isabs(sweep.model) else os.path.join(sweep.source_dir, sweep.model)
   if not os.path.isdir(path):
     raise ValueError(f"Sweep.model {sweep.model!r} is neither a preset ({', '.join(sorted(PRESETS))}) nor a "
                      "checkpoint folder (convert weights with `rf-jax convert`)")
-  return checkpoint.load_model(path, dtype=dtype, attn_impl=sweep.attention,
+  return path
+
+
+def _model_config(sweep: Sweep):
+  from rf_jax import checkpoint, pipeline
+  from rf_jax.cli import resolve_config
+  path = _model_path(sweep)
+  if path is None:
+    return resolve_config(sweep.model)
+  return checkpoint.load_config(pipeline.resolve_sources(path, None).dit, "dit")
+
+
+def _build_model(sweep: Sweep, mesh):
+  from flax import nnx
+  from rf_jax import checkpoint, pipeline
+  from rf_jax.cli import param_shardings, resolve_config
+  from rf_jax.model import CausalWanDiT
+  dtype = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[sweep.compute_dtype]
+  path = _model_path(sweep)
+  if path is None:
+    return CausalWanDiT(resolve_config(sweep.model), dtype=dtype, attn_impl=sweep.attention,
+                        rngs=nnx.Rngs(sweep.weights_seed))
+  return checkpoint.load_model(pipeline.resolve_sources(path, None).dit, dtype=dtype, attn_impl=sweep.attention,
                                shardings=None if mesh is None else param_shardings(mesh))
 
 
@@ -261,14 +296,15 @@ def run_sweep(sweep: Sweep, out: str, *, mesh=None, progress: bool = True) -> di
   if batch % parts:
     raise ValueError(f"Sweep.batch={batch} does not divide over the mesh's data x fsdp = {parts} devices")
   sweep = dataclasses.replace(sweep, batch=batch)
+  # Inputs first (a bad prompt fails before anything is compiled or written), and the text encoder is dropped
+  # before the DiT is loaded.
+  embeddings = _embeddings(sweep, _model_config(sweep))
   model = _build_model(sweep, mesh)
   cfg = model.config
   latent_hw = sweep.latent_hw or ((8, 8) if sweep.model == "tiny" else (60, 104))
   f = sweep.sampler.chunk_frames
   generated = -(-sweep.frames // f) * f
   samples = sweep.samples
-  # Inputs first: a bad prompt file fails before anything is compiled or written.
-  embeddings = {p: prompt_embedding(p, cfg.text_len, cfg.text_dim, sweep.source_dir) for p in sweep.prompts}
 
   os.makedirs(os.path.join(out, "done"), exist_ok=True)
   _check_manifest(out, sweep.manifest())

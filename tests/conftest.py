@@ -6,6 +6,11 @@ import pytest
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)  # for numpy_reference
 
+# XLA's compiled programs are kept on disk for the whole run (and the subprocesses tests start): the same tiny models
+# and rollout steps compile in many tests, and compiling dominates CPU test time.
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(HERE, "..", ".cache", "jax"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.3")
+
 FIXTURES = os.environ.get("RF_JAX_FIXTURES", os.path.join(HERE, "..", "..", "shared", "fixtures"))
 
 

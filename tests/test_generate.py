@@ -11,7 +11,7 @@ from rf_jax import generate as gen
 
 
 def run(*argv):
-  return cli.main(["generate", "--preset", "tiny", "--latent-hw", "4", "4", "--quiet", *argv])
+  return cli.main(["generate", "--preset", "tiny", "--latent-hw", "4", "4", "--quiet", "--no-video", *argv])
 
 
 def test_generate_writes_latents_trace_and_summary(tmp_path, capsys):

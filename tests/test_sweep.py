@@ -73,7 +73,7 @@ def test_sweep_runs_compiles_once_per_layout_matches_generate_and_resumes_after_
   assert not np.allclose(lat[0], lat[1])
   gen = tmp_path / "gen"
   assert cli.main(["generate", "--preset", "tiny", "--seed", "3", "--frames", "15", "--reservoir-frames", "12",
-                   "--lambda", "8.0", "--out", str(gen), "--quiet"]) == 0
+                   "--lambda", "8.0", "--out", str(gen), "--quiet", "--no-video"]) == 0
   np.testing.assert_allclose(lat[1, 0], np.load(gen / "latents.npy")[0], rtol=0, atol=1e-6)
   # A sweep killed halfway resumes to this sweep's store, byte for byte.
   check_kill_and_resume(sweep_file, out, tmp_path)
@@ -88,7 +88,7 @@ def test_errors_name_the_problem(sweep_file, tmp_path):
   (out / "sweep.json").write_text(json.dumps({"format": "rf_jax.sweep/1", "seeds": [9]}))
   with pytest.raises(ValueError, match=r"holds a different sweep \(differs in .*seeds"):
     run_sweep(load_sweep(sweep_file), str(out), progress=False)
-  bad = Sweep(policies=(WindowPolicy(),), prompts=("a red fox",))
+  bad = Sweep(policies=(WindowPolicy(),), prompts=("a red fox",), model="wan2.1-t2v-1.3b")  # random, no umT5
   with pytest.raises(ValueError, match="text prompts need the umT5 text encoder"):
     run_sweep(bad, str(tmp_path / "o2"), progress=False)
   with pytest.raises(ValueError, match="no such file"):
@@ -99,6 +99,23 @@ def test_errors_name_the_problem(sweep_file, tmp_path):
     load_sweep(str(empty))
   with pytest.raises(ValueError, match="not a memory policy"):
     Sweep(policies=({"policy": "relax"},))
+
+
+def test_text_prompts_are_encoded_once_and_match_generate(tmp_path, monkeypatch):
+  """A text prompt in a sweep is what `generate --prompt` gives (tiny: random umT5 of the weights seed)."""
+  monkeypatch.setenv("RF_JAX_CACHE", str(tmp_path / "cache"))
+  sweep = Sweep(policies=(WindowPolicy(window_frames=6),), prompts=("a red fox",), seeds=(5,), frames=6,
+                latent_hw=(4, 4), weights_seed=5)
+  run_sweep(sweep, str(tmp_path / "s"), progress=False)
+  assert len(os.listdir(tmp_path / "cache" / "text")) == 1  # the encoded prompt, kept for the next sweep
+  import tensorstore as ts
+  lat = ts.open({"driver": "zarr3", "kvstore": {"driver": "file", "path": str(tmp_path / "s" / "store.zarr/latents")}}
+                ).result().read().result()
+  assert cli.main(["generate", "--preset", "tiny", "--seed", "5", "--prompt", "a red fox", "--memory", "window",
+                   "--window-frames", "6", "--frames", "6", "--latent-hw", "4", "4", "--no-video", "--quiet",
+                   "--out", str(tmp_path / "g")]) == 0
+  assert json.loads((tmp_path / "g" / "summary.json").read_text())["prompts_encoded"] == 0  # the sweep's entry
+  np.testing.assert_allclose(lat[0, 0], np.load(tmp_path / "g" / "latents.npy")[0], rtol=0, atol=1e-6)
 
 
 def test_shipped_sweep_files_load():

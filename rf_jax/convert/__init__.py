@@ -1,8 +1,10 @@
-"""PyTorch -> rf_jax weight conversion.
+"""PyTorch -> rf_jax weight conversion, for each model of the Wan pipeline (the config's type picks the rules:
+`ModelConfig` the DiT, `UMT5Config` the text encoder, `VAEConfig` the VAE).
 
     tensors, info = open_source(path, weights="generator_ema")   # lists tensors, reads nothing
     params = convert_tensors(tensors, config)                     # strict; {flax path: np.ndarray}
-    convert_checkpoint(src, out, config=config)                   # the `rf-jax convert` pipeline
+    convert_checkpoint(src, out, config=config)                   # one model -> one checkpoint
+    convert_wan_folder(wan_dir, out)                              # DiT + umT5 + VAE + tokenizer (wan_folder.py)
 """
 
 from __future__ import annotations
@@ -14,13 +16,12 @@ from typing import Any, Callable, Mapping
 import ml_dtypes
 import numpy as np
 
-from rf_jax.config import ModelConfig
 from rf_jax.convert.readers import SourceTensor, open_source
 from rf_jax.convert.torch_pickle import UnsafePickleError, load_pt
 from rf_jax.convert.wan_dit import RULES, ConversionError, format_path, plan
 
 __all__ = ["ConversionError", "RULES", "SourceTensor", "UnsafePickleError", "convert_checkpoint",
-           "convert_tensors", "load_pt", "open_source", "param_dtype_for"]
+           "convert_tensors", "load_pt", "open_source", "param_dtype_for", "rules_for"]
 
 DTYPES = {"float32": np.dtype(np.float32), "bfloat16": np.dtype(ml_dtypes.bfloat16),
           "float16": np.dtype(np.float16)}
@@ -31,27 +32,43 @@ Path = tuple[str | int, ...]
 def param_dtype_for(path: Path, shape: tuple[int, ...], dtype: str | None, source_dtype: np.dtype) -> np.dtype:
   """The stored dtype of one parameter.
 
-  dtype None keeps the source's floating dtype. Otherwise matrices (kernels) take `dtype`, while biases, norm
-  weights and the modulation tables stay float32: they are small and the float32 arithmetic reads them.
+  dtype None keeps the source's floating dtype. Otherwise matrices (kernels, and umT5's token embedding table)
+  take `dtype`, while biases, norm weights and the modulation tables stay float32: they are small and the float32
+  arithmetic reads them.
   """
   if dtype is None:
     return np.dtype(source_dtype)
   if dtype not in DTYPES:
     raise ValueError(f"unknown --dtype {dtype!r}; choose one of {sorted(DTYPES)}")
-  return DTYPES[dtype] if path[-1] == "kernel" else np.dtype(np.float32)
+  return DTYPES[dtype] if path[-1] in ("kernel", "embedding") else np.dtype(np.float32)
 
 
-def convert_tensors(tensors: list[SourceTensor], config: ModelConfig, *, dtype: str | None = None,
+def rules_for(config) -> tuple[tuple, int]:
+  """(compiled rule table, number of stacked layers) of the model `config` describes."""
+  from rf_jax.checkpoint import kind_of
+  kind = kind_of(config).name
+  if kind == "dit":
+    from rf_jax.convert.wan_dit import _COMPILED
+    return _COMPILED, config.num_layers
+  if kind == "umt5":
+    from rf_jax.convert.umt5 import _COMPILED
+    return _COMPILED, config.num_layers
+  from rf_jax.convert.wan_vae import _COMPILED
+  return _COMPILED, 0
+
+
+def convert_tensors(tensors: list[SourceTensor], config, *, dtype: str | None = None,
                     allocate: Callable[[Path, tuple[int, ...], np.dtype], np.ndarray] | None = None,
                     progress: bool = False) -> dict[Path, np.ndarray]:
-  """Fills every DiT parameter from `tensors`, strictly. Reads one tensor at a time, in the given (shard) order.
+  """Fills every parameter of `config`'s model from `tensors`, strictly. Reads one tensor at a time, in the given (shard) order.
 
   allocate(path, shape, dtype) makes the destination arrays (default: in memory; `convert_checkpoint` passes
   memory-mapped files so a 14B model never has to fit in RAM).
   """
   from rf_jax.checkpoint import param_shapes
   shapes = param_shapes(config)
-  assignments = plan(tensors, shapes, num_layers=config.num_layers)
+  rules, num_layers = rules_for(config)
+  assignments = plan(tensors, shapes, num_layers=num_layers, rules=rules)
   allocate = allocate or (lambda p, s, d: np.empty(s, d))
   dtypes: dict[Path, np.dtype] = {}
   for a in assignments:
@@ -73,10 +90,11 @@ def convert_tensors(tensors: list[SourceTensor], config: ModelConfig, *, dtype: 
   return out
 
 
-def convert_checkpoint(src: str | os.PathLike, out: str | os.PathLike, *, config: ModelConfig,
+def convert_checkpoint(src: str | os.PathLike, out: str | os.PathLike, *, config,
                        weights: str | None = None, dtype: str | None = None, force: bool = False,
                        progress: bool = True, extra_meta: Mapping[str, Any] | None = None) -> dict:
-  """Converts a PyTorch DiT (safetensors, sharded safetensors, or .pt) into an rf_jax orbax checkpoint.
+  """Converts PyTorch weights (safetensors, sharded safetensors, or .pt/.pth) of the model `config` describes (DiT,
+  umT5 or VAE) into an rf_jax orbax checkpoint.
 
   Parameters are staged in memory-mapped files beside `out`, so memory stays bounded by one source tensor even
   for the 14B model; the checkpoint is renamed into place only when complete. Returns the written meta.

@@ -3,14 +3,10 @@ parameters, by the same strict rule-table planner as the DiT."""
 
 from __future__ import annotations
 
-import functools
-
 import numpy as np
-from flax import nnx
 
-from rf_jax.convert.modules import fill, module_from_params, param_shapes_of
 from rf_jax.convert.readers import SourceTensor
-from rf_jax.convert.wan_dit import Rule, _linear, compile_rules, plan
+from rf_jax.convert.wan_dit import Rule, _linear, compile_rules
 from rf_jax.text.umt5 import UMT5Config
 
 Path = tuple[str | int, ...]
@@ -27,29 +23,20 @@ RULES: tuple[Rule, ...] = (
 _COMPILED = compile_rules(RULES)
 
 
-def abstract_encoder(config: UMT5Config, dtype=None):
-  import jax.numpy as jnp
-  from rf_jax.text.umt5 import UMT5Encoder
-  return nnx.eval_shape(lambda: UMT5Encoder(config, dtype=dtype or jnp.float32, rngs=nnx.Rngs(0)))
-
-
-@functools.lru_cache(maxsize=8)
-def _shapes(config: UMT5Config) -> tuple:
-  return param_shapes_of(abstract_encoder(config))
-
-
 def param_shapes(config: UMT5Config) -> dict[Path, tuple[int, ...]]:
-  return dict(_shapes(config))
+  from rf_jax.checkpoint import param_shapes as shapes
+  return shapes(config)
 
 
 def convert_umt5_tensors(tensors: list[SourceTensor], config: UMT5Config) -> dict[Path, np.ndarray]:
   """Every encoder parameter (float32) from `tensors`, strictly: unused keys, unfilled parameters and shape
   mismatches are all reported at once, before any data is read."""
-  shapes = param_shapes(config)
-  assignments = plan(tensors, shapes, num_layers=config.num_layers, rules=_COMPILED)
-  return fill(assignments, shapes)
+  from rf_jax.convert import convert_tensors
+  return convert_tensors(tensors, config, dtype="float32")
 
 
 def encoder_from_params(config: UMT5Config, params, *, dtype=None):
-  """A `UMT5Encoder` whose parameters are `params` ({flax path: array})."""
-  return module_from_params(lambda: abstract_encoder(config, dtype), params)
+  """The model whose parameters are `params` ({flax path: array}), computing in `dtype` (default float32)."""
+  import jax.numpy as jnp
+  from rf_jax.checkpoint import model_from_params, nest
+  return model_from_params(config, nest(params), dtype=dtype or jnp.float32)

@@ -3,14 +3,10 @@ rule-table planner as the DiT (every key used, every parameter filled, every sha
 
 from __future__ import annotations
 
-import functools
-
 import numpy as np
-from flax import nnx
 
-from rf_jax.convert.modules import fill, module_from_params, param_shapes_of
 from rf_jax.convert.readers import SourceTensor
-from rf_jax.convert.wan_dit import Rule, _conv3d, compile_rules, plan
+from rf_jax.convert.wan_dit import Rule, _conv3d, compile_rules
 from rf_jax.vae.wan_vae import VAEConfig
 
 Path = tuple[str | int, ...]
@@ -62,27 +58,19 @@ RULES: tuple[Rule, ...] = (
 _COMPILED = compile_rules(RULES)
 
 
-def abstract_vae(config: VAEConfig, dtype=None):
-  import jax.numpy as jnp
-  from rf_jax.vae.wan_vae import WanVAE
-  return nnx.eval_shape(lambda: WanVAE(config, dtype=dtype or jnp.float32, rngs=nnx.Rngs(0)))
-
-
-@functools.lru_cache(maxsize=8)
-def _shapes(config: VAEConfig) -> tuple:
-  return param_shapes_of(abstract_vae(config))
-
-
 def param_shapes(config: VAEConfig) -> dict[Path, tuple[int, ...]]:
-  return dict(_shapes(config))
+  from rf_jax.checkpoint import param_shapes as shapes
+  return shapes(config)
 
 
 def convert_vae_tensors(tensors: list[SourceTensor], config: VAEConfig) -> dict[Path, np.ndarray]:
   """Every VAE parameter (float32) from `tensors`, strictly."""
-  shapes = param_shapes(config)
-  assignments = plan(tensors, shapes, num_layers=0, rules=_COMPILED)
-  return fill(assignments, shapes)
+  from rf_jax.convert import convert_tensors
+  return convert_tensors(tensors, config, dtype="float32")
 
 
 def vae_from_params(config: VAEConfig, params, *, dtype=None):
-  return module_from_params(lambda: abstract_vae(config, dtype), params)
+  """The model whose parameters are `params` ({flax path: array}), computing in `dtype` (default float32)."""
+  import jax.numpy as jnp
+  from rf_jax.checkpoint import model_from_params, nest
+  return model_from_params(config, nest(params), dtype=dtype or jnp.float32)

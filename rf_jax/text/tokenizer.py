@@ -7,10 +7,14 @@
 
 which is what `HuggingfaceTokenizer(seq_len=512, clean='whitespace')` returns for `padding='max_length',
 truncation=True, add_special_tokens=True`.
+
+`byte_tokenizer()` is a built-in stand-in for the random tiny pipeline: <pad>, </s>, <unk>, then one token per UTF-8
+byte (259 ids, umT5-tiny's vocabulary), made with the same library, so no file is needed to run it.
 """
 
 from __future__ import annotations
 
+import hashlib
 import html
 import os
 import re
@@ -55,6 +59,23 @@ class UMT5Tokenizer:
     return cls(tok, text_len=text_len, pad_id=0 if pad is None else pad, eos_id=1 if eos is None else eos,
                source=file)
 
+  @property
+  def vocab_size(self) -> int:
+    return self._tok.get_vocab_size()
+
+  @property
+  def fingerprint(self) -> str:
+    """A hash of the tokenizer's whole definition and settings (the text cache's key includes it)."""
+    text = f"{self._tok.to_str()}|{self.text_len}|{self.pad_id}|{self.eos_id}"
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+  def save(self, folder: str) -> str:
+    """Writes `tokenizer.json` into `folder` (for a pipeline folder); returns its path."""
+    os.makedirs(folder, exist_ok=True)
+    path = os.path.join(folder, TOKENIZER_FILE)
+    self._tok.save(path)
+    return path
+
   def __call__(self, prompts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
     """prompts -> (ids, mask), int32 [len(prompts), text_len] each."""
     if isinstance(prompts, str):
@@ -67,3 +88,14 @@ class UMT5Tokenizer:
       ids[i, :len(tokens)] = tokens
       mask[i, :len(tokens)] = 1
     return ids, mask
+
+
+def byte_tokenizer(*, text_len: int = 512) -> UMT5Tokenizer:
+  """<pad>=0, </s>=1, <unk>=2 and the 256 bytes (as GPT-2's byte-level alphabet) = 3 .. 258; no merges."""
+  from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+  alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
+  vocab = {"<pad>": 0, "</s>": 1, "<unk>": 2, **{c: 3 + i for i, c in enumerate(alphabet)}}
+  tok = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>"))
+  tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+  tok.decoder = decoders.ByteLevel()
+  return UMT5Tokenizer(tok, text_len=text_len, source="built-in byte tokenizer")

@@ -83,8 +83,8 @@ class UMT5Config:
 
 
 UMT5_XXL = UMT5Config()
-UMT5_TINY = UMT5Config(vocab=256, dim=64, dim_attn=64, dim_ffn=128, num_heads=4, num_layers=2, text_len=32)
-PRESETS = {"umt5-xxl": UMT5_XXL, "umt5-tiny": UMT5_TINY}
+UMT5_TINY = UMT5Config(vocab=259, dim=64, dim_attn=64, dim_ffn=128, num_heads=4, num_layers=2, text_len=32)
+PRESETS = {"umt5-xxl": UMT5_XXL, "umt5-tiny": UMT5_TINY}  # tiny: vocab of the built-in byte tokenizer
 
 
 def relative_buckets(q_len: int, k_len: int, num_buckets: int = 32, max_dist: int = 128) -> np.ndarray:

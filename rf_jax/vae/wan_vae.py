@@ -16,10 +16,11 @@ Letters: B batch, T frames, H, W size, C channels.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, Mapping
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 Array = jax.Array
@@ -58,6 +59,14 @@ class VAEConfig:
   def to_dict(self) -> dict[str, Any]:
     return dataclasses.asdict(self)
 
+  @classmethod
+  def from_dict(cls, d: Mapping[str, Any], *, source: str = "vae config") -> "VAEConfig":
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(d) - known)
+    if unknown:
+      raise ValueError(f"{source}: unknown VAE config keys {unknown}")
+    return cls(**d)
+
 
 WAN21_VAE = VAEConfig()
 VAE_TINY = VAEConfig(dim=8)
@@ -94,6 +103,20 @@ def _conv(x: Array, kernel: Array, bias: Array | None, *, stride=(1, 1, 1), pad_
   return y.astype(x.dtype)
 
 
+def _normal(rngs: nnx.Rngs, shape: tuple[int, ...], dtype, scale: float) -> Array:
+  """scale * N(0, 1) of `shape` for random (untrained) weights, drawn on the host from the next params key.
+
+  XLA on CPU compiles each jax.random.normal shape for about a second, and the VAE has 56 of them; numpy draws
+  them at once. Under nnx.eval_shape (a traced key) only the shape matters.
+  """
+  key = rngs.params()
+  try:
+    seed = np.asarray(jax.random.key_data(key)).ravel()
+  except jax.errors.TracerArrayConversionError:
+    return jax.random.normal(key, shape, dtype) * scale
+  return jnp.asarray(np.random.default_rng(seed).standard_normal(shape, np.float32) * scale, dtype)
+
+
 class CausalConv3d(nnx.Module):
   """Conv3d padded causally in time (the front only) and symmetrically in space."""
 
@@ -101,7 +124,7 @@ class CausalConv3d(nnx.Module):
                param_dtype=jnp.float32, rngs: nnx.Rngs):
     kernel = (kernel,) * 3 if isinstance(kernel, int) else tuple(kernel)
     fan_in = cin * kernel[0] * kernel[1] * kernel[2]
-    self.kernel = nnx.Param(jax.random.normal(rngs.params(), (*kernel, cin, cout), param_dtype) / fan_in**0.5)
+    self.kernel = nnx.Param(_normal(rngs, (*kernel, cin, cout), param_dtype, fan_in**-0.5))
     self.bias = nnx.Param(jnp.zeros((cout,), param_dtype))
     self.stride = tuple(stride)
     self.causal = causal  # False: the downsampling time_conv (no padding at all)
@@ -169,7 +192,7 @@ class Resample(nnx.Module):
     self.mode = mode
     up = mode.startswith("upsample")
     cout = dim // 2 if up else dim
-    self.resample = nnx.Param(jax.random.normal(rngs.params(), (3, 3, dim, cout), param_dtype) / (9 * dim) ** 0.5)
+    self.resample = nnx.Param(_normal(rngs, (3, 3, dim, cout), param_dtype, (9 * dim) ** -0.5))
     self.resample_bias = nnx.Param(jnp.zeros((cout,), param_dtype))
     if mode == "upsample3d":
       self.time_conv = CausalConv3d(dim, 2 * dim, (3, 1, 1), param_dtype=param_dtype, rngs=rngs)

@@ -65,7 +65,7 @@ def test_sharded_rollout_equals_single_device(name):
   assert "data" in batch_axis and heads_axis == "tensor", res  # samples over data (x fsdp), heads over tensor
 
 
-GENERATE = ["generate", "--preset", "tiny", "--batch", "2", "--frames", "9", "--quiet"]
+GENERATE = ["generate", "--preset", "tiny", "--batch", "2", "--frames", "9", "--quiet", "--no-video"]
 
 
 def _single_device_run(tmp_path):

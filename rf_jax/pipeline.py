@@ -1,0 +1,168 @@
+"""A converted Wan pipeline: one folder with the DiT, the umT5 text encoder, the VAE and the tokenizer.
+
+    OUT/pipeline.json   {"format": "rf_jax.pipeline/1", "parts": {...}, "source": ...}
+    OUT/dit/  OUT/umt5/  OUT/vae/    rf_jax checkpoints (rf_jax.checkpoint)
+    OUT/tokenizer/tokenizer.json
+
+`rf-jax convert WAN_FOLDER OUT` writes one (rf_jax.convert.wan_folder); `rf-jax generate --checkpoint OUT` reads it.
+`random_pipeline` writes the tiny random one the tests and the README's smoke run use.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Any
+
+FORMAT = "rf_jax.pipeline/1"
+MANIFEST = "pipeline.json"
+PARTS = ("dit", "umt5", "vae", "tokenizer")
+
+
+def is_pipeline(path: str | None) -> bool:
+  return bool(path) and os.path.isfile(os.path.join(path, MANIFEST))
+
+
+@dataclasses.dataclass(frozen=True)
+class PipelineFolder:
+  root: str
+  manifest: dict
+
+  @classmethod
+  def open(cls, path: str) -> "PipelineFolder":
+    file = os.path.join(path, MANIFEST)
+    try:
+      with open(file) as f:
+        manifest = json.load(f)
+    except FileNotFoundError:
+      raise ValueError(f"{path}: not a converted Wan pipeline (no {MANIFEST})") from None
+    except json.JSONDecodeError as e:
+      raise ValueError(f"{file}: not valid JSON ({e})") from None
+    if manifest.get("format") != FORMAT:
+      raise ValueError(f"{file}: format {manifest.get('format')!r} is not {FORMAT!r}")
+    missing = [p for p in PARTS if not os.path.isdir(os.path.join(path, p))]
+    if missing:
+      raise ValueError(f"{path}: the pipeline lacks {missing} (convert the Wan folder again)")
+    return cls(os.path.abspath(path), manifest)
+
+  def part(self, name: str) -> str:
+    return os.path.join(self.root, name)
+
+
+def check_compatible(dit, umt5=None, vae=None) -> None:
+  """The three models must fit together: umT5's width is the DiT's text_dim, the VAE's latent channels the DiT's."""
+  if umt5 is not None and umt5.dim != dit.text_dim:
+    raise ValueError(f"the text encoder's width {umt5.dim} is not the DiT's text_dim {dit.text_dim}")
+  if vae is not None and (vae.z_dim != dit.out_dim or vae.z_dim != dit.in_dim):
+    raise ValueError(f"the VAE's {vae.z_dim} latent channels do not match the DiT's in_dim {dit.in_dim} / "
+                     f"out_dim {dit.out_dim}")
+
+
+def write_manifest(folder: str, source: dict[str, Any]) -> None:
+  from rf_jax.checkpoint import write_json_atomic
+  write_json_atomic(os.path.join(folder, MANIFEST), {"format": FORMAT, "parts": {p: p for p in PARTS},
+                                                     "source": source})
+
+
+def random_pipeline(out: str, *, seed: int = 0, force: bool = False) -> str:
+  """Writes a pipeline of random tiny models (DiT `tiny`, `umt5-tiny`, `vae-tiny`) and the built-in byte tokenizer,
+  each model from `seed`, exactly as `generate --preset tiny --seed SEED` builds them in memory."""
+  from flax import nnx
+  from rf_jax.checkpoint import atomic_directory, save_checkpoint
+  with atomic_directory(out, force=force) as tmp:
+    for name in ("dit", "umt5", "vae"):
+      model = random_model(name, seed)
+      save_checkpoint(os.path.join(tmp, name), model.config, nnx.state(model, nnx.Param),
+                      meta={"source": f"random (seed {seed})"})
+    tiny_tokenizer().save(os.path.join(tmp, "tokenizer"))
+    write_manifest(tmp, {"random_seed": seed})
+  return os.path.abspath(out)
+
+
+def random_model(kind: str, seed: int, *, dtype=None, attn_impl: str = "auto"):
+  """The tiny random model of `kind` ("dit", "umt5", "vae") from `seed` (float32 parameters)."""
+  import jax.numpy as jnp
+  from flax import nnx
+  from rf_jax.checkpoint import KINDS
+  from rf_jax.config import TINY
+  from rf_jax.text.umt5 import UMT5_TINY
+  from rf_jax.vae.wan_vae import VAE_TINY
+  config = {"dit": TINY, "umt5": UMT5_TINY, "vae": VAE_TINY}[kind]
+  return KINDS[kind].build(config, dtype=dtype or jnp.float32, attn_impl=attn_impl, rngs=nnx.Rngs(seed))
+
+
+def tiny_tokenizer():
+  from rf_jax.config import TINY
+  from rf_jax.text.tokenizer import byte_tokenizer
+  return byte_tokenizer(text_len=TINY.text_len)
+
+
+# ------------------------------------------------------------------------------------------------ what generate uses
+
+RANDOM = "random"  # a part made from the seed (the tiny preset)
+BUILTIN = "builtin"  # the byte tokenizer
+
+
+@dataclasses.dataclass(frozen=True)
+class Sources:
+  """Where each model comes from: a checkpoint folder, RANDOM (tiny, from the seed), or None (not available)."""
+  dit: str | None  # None: the preset's random weights
+  umt5: str | None
+  tokenizer: str | None  # a folder with tokenizer.json, BUILTIN, or None
+  vae: str | None
+
+
+def resolve_sources(checkpoint: str | None, preset: str | None, *, text_encoder: str | None = None,
+                    tokenizer: str | None = None, vae: str | None = None) -> Sources:
+  """--checkpoint may be a DiT checkpoint or a pipeline folder (which then supplies the other parts); explicit
+  --text-encoder / --tokenizer / --vae win; the tiny preset supplies random ones and the byte tokenizer."""
+  pipe = PipelineFolder.open(checkpoint) if is_pipeline(checkpoint) else None
+  tiny = checkpoint is None and preset == "tiny"
+  return Sources(
+      dit=pipe.part("dit") if pipe else checkpoint,
+      umt5=text_encoder or (pipe.part("umt5") if pipe else RANDOM if tiny else None),
+      tokenizer=tokenizer or (pipe.part("tokenizer") if pipe else BUILTIN if tiny else None),
+      vae=vae or (pipe.part("vae") if pipe else RANDOM if tiny else None))
+
+
+def load_tokenizer(source: str, text_len: int):
+  from rf_jax.text.tokenizer import UMT5Tokenizer, byte_tokenizer
+  return byte_tokenizer(text_len=text_len) if source == BUILTIN else UMT5Tokenizer.from_dir(source, text_len=text_len)
+
+
+def prompt_encoder(sources: Sources, dit_config, *, seed: int, cache_dir: str | None):
+  """The `PromptEncoder` of these sources, checked against the DiT (and the tokenizer against the encoder)."""
+  from rf_jax import checkpoint
+  from rf_jax.text.encode import PromptEncoder, checkpoint_identity
+  from rf_jax.text.umt5 import UMT5_TINY
+  if sources.umt5 is None or sources.tokenizer is None:
+    raise ValueError("text prompts need the umT5 text encoder and its tokenizer: give --checkpoint PIPELINE (a Wan "
+                     "folder converted by `rf-jax convert`), or --text-encoder DIR and --tokenizer DIR")
+  tokenizer = load_tokenizer(sources.tokenizer, dit_config.text_len)
+  if sources.umt5 == RANDOM:
+    config, identity = UMT5_TINY, f"random {UMT5_TINY} seed {seed}"
+
+    def load():
+      return random_model("umt5", seed)
+  else:
+    config, identity = checkpoint.load_config(sources.umt5, "umt5"), checkpoint_identity(sources.umt5)
+
+    def load():
+      import jax.numpy as jnp
+      stored = checkpoint.stored_dtypes(sources.umt5)[("token_embedding", "embedding")]
+      dtype = jnp.bfloat16 if stored == jnp.bfloat16 else jnp.float32  # Wan runs umT5 in its stored bf16
+      return checkpoint.load_model(sources.umt5, dtype=dtype, kind="umt5")
+  check_compatible(dit_config, config)
+  vocab = tokenizer.vocab_size
+  if vocab > config.vocab:
+    raise ValueError(f"the tokenizer ({tokenizer.source}) has {vocab} tokens; the text encoder's table only "
+                     f"{config.vocab}")
+  return PromptEncoder(tokenizer, load, identity=identity, cache_dir=cache_dir)
+
+
+def load_vae(source: str, dit_config, *, seed: int):
+  from rf_jax import checkpoint
+  vae = random_model("vae", seed) if source == RANDOM else checkpoint.load_model(source, kind="vae")
+  check_compatible(dit_config, vae=vae.config)
+  return vae
