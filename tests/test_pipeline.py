@@ -1,7 +1,6 @@
 """Pipeline folders and generate's text/video path: prompts in batches, the random tiny pipeline, clear errors."""
 
 import json
-import os
 
 import numpy as np
 import pytest
