@@ -1,4 +1,4 @@
-"""The `rf-jax` command line: convert, inspect, check-reference, generate, sweep, forward."""
+"""The `rf-jax` command line: convert, inspect, check-reference, generate, sweep, train, forward."""
 
 from __future__ import annotations
 
@@ -299,6 +299,17 @@ def cmd_sweep(args) -> int:
   return 0
 
 
+def cmd_train(args) -> int:
+  from rf_jax.train import load_train_config, train
+  cfg = load_train_config(args.config)
+  mesh = setup_parallel(args)
+  result = train(cfg, args.out, mesh=mesh, progress=not args.quiet)
+  import jax
+  if jax.process_index() == 0:
+    print(json.dumps(result))
+  return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(prog="rf-jax", description=__doc__)
   sub = parser.add_subparsers(dest="command", required=True)
@@ -396,6 +407,14 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--quiet", action="store_true", help="no progress bar")
   add_parallel_flags(p)
   p.set_defaults(func=cmd_sweep)
+
+  p = sub.add_parser("train", help="train the causal DiT (flow matching, AdamW, EMA); resumes an unfinished --out")
+  p.add_argument("config", help="a config file defining TRAIN = rf_jax.train.TrainConfig(...), e.g. "
+                 "configs/train/demo.py")
+  p.add_argument("--out", required=True, help="run folder: checkpoints, metrics.jsonl, loss.png, model/")
+  p.add_argument("--quiet", action="store_true", help="no progress line")
+  add_parallel_flags(p)
+  p.set_defaults(func=cmd_train)
 
   p = sub.add_parser("forward", help="block-causal forward of a model on seeded random inputs (smoke run)")
   src = p.add_mutually_exclusive_group()

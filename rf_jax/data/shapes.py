@@ -1,0 +1,97 @@
+"""Bouncing shapes: a synthetic video dataset made by the code itself, deterministic from a seed.
+
+Each clip has 1 to `max_shapes` shapes (disc, square, triangle, ring), each with its own colour, size and velocity
+for the whole clip, moving in straight lines and bouncing off the frame's walls, drawn with anti-aliased edges over
+a dark background; later shapes are drawn over earlier ones. Identity persists (a shape never changes colour,
+size or kind) and motion never stops, so both long-range consistency and motion are measurable.
+
+    clip = shapes_clip(ShapesConfig(), seed=0, index=7)     # float32 [T, H, W, 3] in [-1, 1]
+
+The same (seed, index) gives the same clip on every machine: all randomness comes from numpy's Philox generator
+keyed by both.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+KINDS = ("disc", "square", "triangle", "ring")
+PALETTE = np.array([[0.95, 0.25, 0.2], [0.2, 0.6, 0.95], [0.95, 0.85, 0.2], [0.3, 0.85, 0.35],
+                    [0.85, 0.4, 0.9], [0.95, 0.6, 0.2], [0.9, 0.9, 0.9]], np.float32)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ShapesConfig:
+  size: int = 32  # frames are size x size
+  frames: int = 48
+  max_shapes: int = 3
+  radius: tuple[float, float] = (3.5, 7.0)  # shape half-size in pixels
+  speed: tuple[float, float] = (0.4, 1.2)  # pixels per frame
+  background: tuple[float, float, float] = (0.08, 0.08, 0.12)
+
+  def __post_init__(self):
+    if self.size < 8 or self.frames < 1 or self.max_shapes < 1:
+      raise ValueError(f"ShapesConfig: size {self.size} >= 8, frames {self.frames} >= 1 and max_shapes "
+                       f"{self.max_shapes} >= 1 are needed")
+    if not 0 < self.radius[0] <= self.radius[1] < self.size / 2:
+      raise ValueError(f"ShapesConfig.radius={self.radius} must satisfy 0 < lo <= hi < size / 2")
+
+
+def _rng(seed: int, index: int) -> np.random.Generator:
+  return np.random.Generator(np.random.Philox(key=[seed & 0xFFFFFFFFFFFFFFFF, index & 0xFFFFFFFFFFFFFFFF]))
+
+
+def _coverage(kind: str, dx: np.ndarray, dy: np.ndarray, r: float) -> np.ndarray:
+  """Anti-aliased coverage in [0, 1] of a shape of half-size r centred at the origin ([..., H, W] offsets)."""
+  if kind == "disc":
+    d = np.sqrt(dx * dx + dy * dy) - r
+  elif kind == "square":
+    d = np.maximum(np.abs(dx), np.abs(dy)) - r * 0.85
+  elif kind == "ring":
+    d = np.abs(np.sqrt(dx * dx + dy * dy) - r * 0.75) - r * 0.3
+  else:  # an upward triangle: the largest signed distance to its three edges
+    k = np.sqrt(3.0)
+    e1 = (k * dx - dy) / 2 - r * 0.5
+    e2 = (-k * dx - dy) / 2 - r * 0.5
+    e3 = dy - r * 0.5
+    d = np.maximum(np.maximum(e1, e2), e3) * 1.2
+  return np.clip(0.5 - d, 0.0, 1.0)
+
+
+def _trajectory(start: float, velocity: float, lo: float, hi: float, t: np.ndarray) -> np.ndarray:
+  """Positions of a point bouncing elastically between lo and hi (reflection of the free motion)."""
+  span = hi - lo
+  x = (start - lo + velocity * t) % (2 * span)
+  return lo + np.where(x > span, 2 * span - x, x)
+
+
+def shapes_clip(config: ShapesConfig, *, seed: int, index: int, start_frame: int = 0,
+                frames: int | None = None) -> np.ndarray:
+  """Clip `index` of the dataset `seed`: float32 [frames, size, size, 3] in [-1, 1], from `start_frame` of its
+  (endless) motion."""
+  frames = config.frames if frames is None else frames
+  rng = _rng(seed, index)
+  n = int(rng.integers(1, config.max_shapes + 1))
+  s = config.size
+  t = np.arange(start_frame, start_frame + frames, dtype=np.float64)
+  yy, xx = np.meshgrid(np.arange(s, dtype=np.float64) + 0.5, np.arange(s, dtype=np.float64) + 0.5, indexing="ij")
+  video = np.broadcast_to(np.asarray(config.background, np.float32), (frames, s, s, 3)).copy()
+  colours = rng.permutation(len(PALETTE))[:n]
+  for k in range(n):
+    kind = KINDS[int(rng.integers(len(KINDS)))]
+    r = float(rng.uniform(*config.radius))
+    speed = float(rng.uniform(*config.speed))
+    angle = float(rng.uniform(0, 2 * np.pi))
+    x0, y0 = rng.uniform(r, s - r, size=2)
+    cx = _trajectory(x0, speed * np.cos(angle), r, s - r, t)[:, None, None]  # [T, 1, 1]
+    cy = _trajectory(y0, speed * np.sin(angle), r, s - r, t)[:, None, None]
+    alpha = _coverage(kind, xx[None] - cx, yy[None] - cy, r)[..., None].astype(np.float32)  # [T, H, W, 1]
+    video = video * (1 - alpha) + PALETTE[colours[k % len(PALETTE)]] * alpha
+  return (video * 2 - 1).astype(np.float32)
+
+
+def shapes_batch(config: ShapesConfig, *, seed: int, indices) -> np.ndarray:
+  """[len(indices), T, H, W, 3]."""
+  return np.stack([shapes_clip(config, seed=seed, index=int(i)) for i in indices])

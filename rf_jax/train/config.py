@@ -1,0 +1,93 @@
+"""Typed, frozen training configuration. A training config file is Python defining `TRAIN = TrainConfig(...)`
+(configs/train/)."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import os
+from typing import Any
+
+from rf_jax.config import ModelConfig
+from rf_jax.data.shapes import ShapesConfig
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class OptimConfig:
+  """AdamW with linear warm-up then cosine decay to `end_lr_ratio * lr`, after global-norm clipping."""
+  lr: float = 3e-4
+  warmup_steps: int = 100
+  end_lr_ratio: float = 0.1
+  weight_decay: float = 0.01
+  b1: float = 0.9
+  b2: float = 0.99
+  clip_norm: float = 1.0
+
+  def __post_init__(self):
+    if not self.lr > 0 or self.warmup_steps < 0 or not 0 <= self.end_lr_ratio <= 1 or not self.clip_norm > 0:
+      raise ValueError(f"OptimConfig: lr > 0, warmup_steps >= 0, 0 <= end_lr_ratio <= 1 and clip_norm > 0 are "
+                       f"needed (got {self})")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class TrainConfig:
+  """What `rf-jax train` runs.
+
+  The model sees clips of `clip_frames` frames of the bouncing-shapes dataset in pixel space (in_dim = out_dim = 3),
+  block-causally in chunks of `chunk_frames`, each chunk at its own noise level (diffusion forcing): a chunk is clean
+  context with probability `p_clean` (and then carries no loss), else at a timestep drawn uniformly from the flow
+  schedule's table (`shift`). The loss is the flow-matching MSE on the noisy chunks.
+  """
+  model: ModelConfig
+  data: ShapesConfig = ShapesConfig()
+  optim: OptimConfig = OptimConfig()
+  steps: int = 1000
+  batch: int = 8
+  clip_frames: int = 12
+  chunk_frames: int = 3
+  shift: float = 3.0
+  p_clean: float = 0.25
+  ema_decay: float = 0.995
+  compute_dtype: str = "float32"
+  seed: int = 0  # parameters and noise
+  data_seed: int = 0  # the dataset
+  save_every: int = 200
+  keep: int = 3
+  log_every: int = 10
+
+  def __post_init__(self):
+    m = self.model
+    if m.in_dim != 3 or m.out_dim != 3:
+      raise ValueError(f"TrainConfig.model: the shapes dataset is RGB pixels; in_dim and out_dim must be 3 (got "
+                       f"{m.in_dim}, {m.out_dim})")
+    _, ph, pw = m.patch_size
+    if self.data.size % ph or self.data.size % pw:
+      raise ValueError(f"TrainConfig: frame size {self.data.size} is not a multiple of the patch {m.patch_size}")
+    if self.clip_frames % self.chunk_frames or self.clip_frames > self.data.frames:
+      raise ValueError(f"TrainConfig.clip_frames={self.clip_frames} must be a multiple of chunk_frames="
+                       f"{self.chunk_frames} and at most data.frames={self.data.frames}")
+    if self.steps < 1 or self.batch < 1 or self.save_every < 1 or self.keep < 1 or self.log_every < 1:
+      raise ValueError("TrainConfig: steps, batch, save_every, keep and log_every must be positive")
+    if not 0 <= self.p_clean < 1 or not 0 <= self.ema_decay < 1:
+      raise ValueError(f"TrainConfig: 0 <= p_clean < 1 and 0 <= ema_decay < 1 (got {self.p_clean}, "
+                       f"{self.ema_decay})")
+    if self.compute_dtype not in ("float32", "bfloat16"):
+      raise ValueError(f"TrainConfig.compute_dtype={self.compute_dtype!r}; expected float32 or bfloat16")
+
+  def to_dict(self) -> dict[str, Any]:
+    d = dataclasses.asdict(self)
+    d["model"] = self.model.to_dict()
+    return d
+
+
+def load_train_config(path: str) -> TrainConfig:
+  """Runs the config file and returns its `TRAIN`."""
+  if not os.path.isfile(path):
+    raise ValueError(f"training config {path!r} does not exist")
+  spec = importlib.util.spec_from_file_location(f"rf_jax_train_{abs(hash(path))}", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  cfg = getattr(module, "TRAIN", None)
+  if not isinstance(cfg, TrainConfig):
+    raise ValueError(f"{path}: defines no TRAIN = rf_jax.train.TrainConfig(...)")
+  return cfg

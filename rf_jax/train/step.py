@@ -1,0 +1,126 @@
+"""The training step: diffusion-forcing flow matching under the block-causal mask, AdamW, clipping, EMA.
+
+    state = init_state(cfg)                        # {"step", "params", "opt_state", "ema"}: a pytree
+    state, metrics = train_step(state, clips, key) # jitted once (train_step_fn)
+
+Per chunk c of a clip x0 [B, F, H, W, 3]:  clean context with probability p_clean (timestep 0, no loss), else a
+timestep t_c from the schedule's table (uniform index), sigma_c = sigma(t_c);
+    x_t = (1 - sigma_c) x0 + sigma_c eps,   target flow = eps - x0,   loss = mean over noisy chunks |flow - target|^2
+The model sees all chunks at once with the block-causal mask (each chunk attends to itself and earlier chunks), the
+training-path forward of the reference (`forward_train`).
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+from rf_jax.sampling.schedule import FlowSchedule
+from rf_jax.train.config import OptimConfig, TrainConfig
+
+Array = jax.Array
+
+
+def learning_rate(optim: OptimConfig, steps: int) -> optax.Schedule:
+  """Linear warm-up to lr, then cosine decay to end_lr_ratio * lr at `steps`."""
+  warmup = max(optim.warmup_steps, 1)
+  return optax.warmup_cosine_decay_schedule(0.0, optim.lr, warmup, max(steps, warmup + 1),
+                                            end_value=optim.lr * optim.end_lr_ratio)
+
+
+def optimizer(cfg: TrainConfig) -> optax.GradientTransformation:
+  o = cfg.optim
+  return optax.chain(optax.clip_by_global_norm(o.clip_norm),
+                     optax.adamw(learning_rate(o, cfg.steps), b1=o.b1, b2=o.b2, weight_decay=o.weight_decay))
+
+
+def build_model(cfg: TrainConfig, *, abstract: bool = False):
+  from rf_jax.model import CausalWanDiT
+  dtype = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[cfg.compute_dtype]
+
+  def make():
+    return CausalWanDiT(cfg.model, dtype=dtype, attn_impl="reference", rngs=nnx.Rngs(cfg.seed))
+  return nnx.eval_shape(make) if abstract else make()
+
+
+def init_state(cfg: TrainConfig) -> dict[str, Any]:
+  """Step 0: the model's initial float32 parameters (from cfg.seed), AdamW's state and the EMA (= the parameters)."""
+  params = nnx.state(build_model(cfg), nnx.Param)
+  params = jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), nnx.to_pure_dict(params))
+  return {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": optimizer(cfg).init(params),
+          "ema": jax.tree.map(jnp.copy, params)}
+
+
+def abstract_state(cfg: TrainConfig) -> dict[str, Any]:
+  return jax.eval_shape(lambda: init_state(cfg))
+
+
+def chunk_noise_levels(cfg: TrainConfig, key: Array, batch: int) -> tuple[Array, Array]:
+  """(timesteps [B, chunks] float32 (0 = clean), noisy [B, chunks] bool)."""
+  chunks = cfg.clip_frames // cfg.chunk_frames
+  _, timesteps = FlowSchedule(shift=cfg.shift).tables()
+  k_idx, k_clean = jax.random.split(key)
+  idx = jax.random.randint(k_idx, (batch, chunks), 0, len(timesteps))
+  noisy = ~jax.random.bernoulli(k_clean, cfg.p_clean, (batch, chunks))
+  noisy = noisy.at[:, 0].set(noisy[:, 0] | ~jnp.any(noisy, axis=1))  # every clip has a noisy chunk
+  return jnp.where(noisy, jnp.asarray(timesteps)[idx], 0.0), noisy
+
+
+def loss_fn(params, graphdef, cfg: TrainConfig, clips: Array, key: Array) -> tuple[Array, dict]:
+  """clips [B, F, H, W, 3] in [-1, 1] -> (loss, aux)."""
+  b, f = clips.shape[:2]
+  k_t, k_eps = jax.random.split(key)
+  t_chunk, noisy = chunk_noise_levels(cfg, k_t, b)
+  t = jnp.repeat(t_chunk, cfg.chunk_frames, axis=1)  # [B, F]
+  sched = FlowSchedule(shift=cfg.shift)
+  eps = jax.random.normal(k_eps, clips.shape, jnp.float32)
+  x_t = sched.add_noise(clips, eps, t)
+  model = nnx.merge(graphdef, params)
+  context = jnp.zeros((b, cfg.model.text_len, cfg.model.text_dim), jnp.float32)  # unconditional
+  flow = model.forward_train(x_t, t, context, chunk_frames=cfg.chunk_frames).astype(jnp.float32)
+  err = jnp.mean(jnp.square(flow - (eps - clips)), axis=(2, 3, 4))  # [B, F]
+  weight = jnp.repeat(noisy, cfg.chunk_frames, axis=1).astype(jnp.float32)
+  loss = jnp.sum(err * weight) / jnp.sum(weight)
+  return loss, {"noisy_fraction": jnp.mean(noisy.astype(jnp.float32))}
+
+
+def train_step_fn(cfg: TrainConfig, graphdef, counter: list | None = None):
+  """The jitted step (state, clips, key) -> (state, metrics); `counter` counts its traces (compiles)."""
+  tx = optimizer(cfg)
+  lr = learning_rate(cfg.optim, cfg.steps)
+
+  def step(state, clips, key):
+    if counter is not None:
+      counter.append(1)
+    params = state["params"]
+    (loss, aux), grads = jax.value_and_grad(
+        lambda p: loss_fn(p, graphdef, cfg, clips, key), has_aux=True)(params)
+    updates, opt_state = tx.update(grads, state["opt_state"], params)
+    params = optax.apply_updates(params, updates)
+    d = cfg.ema_decay
+    ema = jax.tree.map(lambda e, p: d * e + (1 - d) * p, state["ema"], params)
+    metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), "lr": lr(state["step"]), **aux}
+    return {"step": state["step"] + 1, "params": params, "opt_state": opt_state, "ema": ema}, metrics
+
+  return jax.jit(step, donate_argnums=0)
+
+
+@functools.lru_cache(maxsize=4)
+def _graphdef(cfg: TrainConfig):
+  return nnx.graphdef(build_model(cfg, abstract=True))
+
+
+def step_key(cfg: TrainConfig, step: int) -> Array:
+  """The noise key of a step: a function of the seed and the step alone (so a resumed run draws the same)."""
+  return jax.random.fold_in(jax.random.key(cfg.seed + 1), step)
+
+
+def batch_indices(cfg: TrainConfig, step: int) -> np.ndarray:
+  """The dataset clips of a step: an endless stream of distinct clips, step * batch + i."""
+  return np.arange(step * cfg.batch, (step + 1) * cfg.batch)

@@ -1,0 +1,46 @@
+"""The bouncing-shapes dataset: deterministic, in range, moving, shapes that keep their identity."""
+
+import numpy as np
+import pytest
+
+from rf_jax.data.shapes import ShapesConfig, _trajectory, shapes_batch, shapes_clip
+
+
+def test_same_seed_and_index_same_clip_else_different():
+  cfg = ShapesConfig()
+  a = shapes_clip(cfg, seed=3, index=5)
+  np.testing.assert_array_equal(a, shapes_clip(cfg, seed=3, index=5))
+  assert not np.array_equal(a, shapes_clip(cfg, seed=3, index=6))
+  assert not np.array_equal(a, shapes_clip(cfg, seed=4, index=5))
+  assert a.shape == (48, 32, 32, 3) and a.dtype == np.float32 and a.min() >= -1 and a.max() <= 1
+  # a later window of the same endless clip continues it exactly
+  np.testing.assert_allclose(shapes_clip(cfg, seed=3, index=5, start_frame=10, frames=5), a[10:15], atol=1e-6)
+
+
+def test_clips_move_and_keep_their_colours():
+  clips = shapes_batch(ShapesConfig(), seed=0, indices=range(16))
+  motion = np.abs(np.diff(clips, axis=1)).mean(axis=(1, 2, 3, 4))
+  assert motion.min() > 0.005  # every clip moves
+  # identity persists: the palette colours fully covering some pixel are the same in the first and last frame
+  from rf_jax.data.shapes import PALETTE
+  colours = PALETTE * 2 - 1
+
+  def present(frame):
+    px = frame.reshape(-1, 1, 3)
+    return {int(k) for k in np.nonzero((np.abs(px - colours[None]).max(-1) < 1e-5).sum(0) >= 3)[0]}
+  same = [bool(present(c[0])) and present(c[0]) == present(c[-1]) for c in clips]
+  assert sum(same) >= 14, same  # (a shape may be hidden behind another in one of the two frames)
+
+
+def test_bounces_stay_inside_and_reflect():
+  t = np.arange(200, dtype=np.float64)
+  x = _trajectory(5.0, 1.3, 3.0, 29.0, t)
+  assert x.min() >= 3.0 and x.max() <= 29.0
+  steps = np.abs(np.diff(x))
+  assert steps.max() <= 1.3 + 1e-9 and np.isclose(steps, 1.3).mean() > 0.8  # full speed except across a wall
+  assert (np.diff(np.sign(np.diff(x))) != 0).sum() >= 8  # it turns at the walls
+
+
+def test_bad_settings_are_refused():
+  with pytest.raises(ValueError, match="radius"):
+    ShapesConfig(size=16, radius=(2.0, 9.0))
