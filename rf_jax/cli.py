@@ -223,6 +223,7 @@ def read_prompts(args) -> list[str]:
 
 def cmd_generate(args) -> int:
   import jax.numpy as jnp
+  import numpy as np
   from flax import nnx
   from rf_jax import checkpoint, pipeline
   from rf_jax.model import CausalWanDiT
@@ -240,11 +241,24 @@ def cmd_generate(args) -> int:
     if getattr(args, attr) is not None:
       block[key] = getattr(args, attr)
   policy = policy_from_dict(block, source="--memory options")
-  sampler = Sampler.from_steps(args.steps, warp=not args.no_warp, shift=args.shift, context_noise=args.context_noise,
-                               chunk_frames=args.chunk_frames)
+  demo_info = None
+  if args.checkpoint is None and args.preset is None:  # the built-in demo model
+    from rf_jax import demo
+    demo_info = demo.load_info()
+    if prompts or args.text_embeddings:
+      raise ValueError("the built-in demo model is unconditional (trained without text); --prompt and "
+                       "--text-embeddings need --checkpoint or --preset")
   sources = pipeline.resolve_sources(args.checkpoint, args.preset, text_encoder=args.text_encoder,
                                      tokenizer=args.tokenizer, vae=args.vae)
-  dit_config = (checkpoint.load_config(sources.dit, "dit") if sources.dit else resolve_config(args.preset))
+  if demo_info is not None:
+    dit_config = ModelConfig.from_dict(demo_info["model"], source="the demo model")
+  else:
+    dit_config = checkpoint.load_config(sources.dit, "dit") if sources.dit else resolve_config(args.preset)
+  sampling = (demo_info or {}).get("sampler", {})
+  sampler = Sampler.from_steps(args.steps or sampling.get("steps", [1000, 750, 500, 250]), warp=not args.no_warp,
+                               shift=args.shift or sampling.get("shift", 5.0), context_noise=args.context_noise,
+                               chunk_frames=args.chunk_frames,
+                               eta=args.eta if args.eta is not None else sampling.get("eta", 1.0))
   mesh = setup_parallel(args)
   text, text_info = None, {}
   if prompts:  # encode first: the text encoder is dropped before the DiT is loaded
@@ -256,8 +270,14 @@ def cmd_generate(args) -> int:
     del encoder
   elif args.text_embeddings:
     text = load_text_embeddings(args.text_embeddings, args.batch, dit_config.text_len, dit_config.text_dim)
+  elif demo_info is not None:
+    text = np.zeros((args.batch, dit_config.text_len, dit_config.text_dim), np.float32)  # unconditional
   dtype = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[args.compute_dtype]
-  if sources.dit:
+  if demo_info is not None:
+    from rf_jax import demo
+    model, _ = demo.load_demo(dtype=dtype, attn_impl=args.attention)
+    source = {"demo": demo.ASSET_DIR, "trained": demo_info.get("trained")}
+  elif sources.dit:
     model = checkpoint.load_model(sources.dit, dtype=dtype, attn_impl=args.attention,
                                   shardings=None if mesh is None else param_shardings(mesh))
     source = {"checkpoint": os.path.abspath(args.checkpoint)}
@@ -265,20 +285,28 @@ def cmd_generate(args) -> int:
     model = CausalWanDiT(dit_config, dtype=dtype, attn_impl=args.attention, rngs=nnx.Rngs(args.seed))
     source = {"preset": args.preset, "weights": f"random (seed {args.seed})"}
   vae = None
-  if not args.no_video:
+  pixels = demo_info is not None or dit_config.out_dim == 3
+  if not args.no_video and not pixels:
     if sources.vae is None:
       print("rf-jax generate: no VAE (give --vae DIR or a pipeline --checkpoint): writing latents only",
             file=sys.stderr)
     else:
       vae = pipeline.load_vae(sources.vae, dit_config, seed=args.seed)
       source["vae"] = sources.vae
-  latent_hw = tuple(args.latent_hw) if args.latent_hw else ((8, 8) if args.preset == "tiny" and not args.checkpoint
-                                                            else (60, 104))
+  if args.latent_hw:
+    latent_hw = tuple(args.latent_hw)
+  elif demo_info is not None:
+    latent_hw = tuple(demo_info["frame_hw"])
+  else:
+    latent_hw = (8, 8) if args.preset == "tiny" and not args.checkpoint else (60, 104)
+  frames = args.frames if args.frames is not None else (demo_info["default_frames"] if demo_info else 21)
   batch = args.batch if not prompts else min(args.batch, len(prompts))
-  spec = GenerateSpec(frames=args.frames, seed=args.seed, batch=batch, latent_hw=latent_hw, fps=args.fps)
+  scale = args.video_scale or (8 if pixels else 1)
+  spec = GenerateSpec(frames=frames, seed=args.seed, batch=batch, latent_hw=latent_hw, fps=args.fps,
+                      video_scale=scale)
   summary = generate(model, policy, sampler, spec, args.out, text_embeddings=text, prompts=prompts or None,
-                     vae=vae, force=args.force, progress=not args.quiet, mesh=mesh,
-                     extra_summary={"source": source, **text_info})
+                     vae=vae, pixels=pixels and not args.no_video, force=args.force, progress=not args.quiet,
+                     mesh=mesh, extra_summary={"source": source, **text_info})
   import jax
   if jax.process_index():
     return 0
@@ -349,8 +377,8 @@ def build_parser() -> argparse.ArgumentParser:
   src = p.add_mutually_exclusive_group()
   src.add_argument("--checkpoint", help="rf_jax DiT checkpoint, or a pipeline folder (a Wan folder converted by "
                    "`rf-jax convert`: DiT, text encoder, tokenizer and VAE)")
-  src.add_argument("--preset", default="tiny", help="random weights of a preset (default tiny: with a random tiny "
-                   "text encoder, VAE and a built-in byte tokenizer)")
+  src.add_argument("--preset", help="random weights of a preset (tiny: with a random tiny text encoder, VAE and a "
+                   "built-in byte tokenizer); with neither --checkpoint nor --preset: the built-in demo model")
   p.add_argument("--memory", choices=["window", "relax", "slow_fast"], default="relax")
   g = p.add_argument_group("memory options (each policy takes its own; see README)")
   g.add_argument("--window-frames", type=int, help="window: frames attended incl. the chunk; -1 = all")
@@ -367,7 +395,7 @@ def build_parser() -> argparse.ArgumentParser:
   g.add_argument("--rope-length", type=int, help="slow_fast: positions stay below this (default 21)")
   g.add_argument("--threshold", type=float, help="slow_fast: promote when similarity < threshold (default 0.95)")
   g.add_argument("--mode", help="slow_fast: clean (default) | upstream")
-  p.add_argument("--frames", type=int, default=21, help="latent frames (a multiple of --chunk-frames)")
+  p.add_argument("--frames", type=int, help="latent frames (default 21; the demo: 480 = 30 s at 16 fps)")
   p.add_argument("--seed", type=int, default=0, help="noise (and, without a checkpoint, weights and text)")
   t = p.add_argument_group("text and video (a pipeline --checkpoint supplies the text encoder, tokenizer and VAE)")
   t.add_argument("--prompt", action="append", help="a text prompt (repeat for several videos)")
@@ -381,15 +409,20 @@ def build_parser() -> argparse.ArgumentParser:
   t.add_argument("--vae", help="Wan VAE checkpoint folder: decode to mp4 during the rollout")
   t.add_argument("--no-video", action="store_true", help="write latents only (no VAE decode)")
   t.add_argument("--fps", type=int, default=16, help="mp4 frame rate (default 16, Wan's)")
+  t.add_argument("--video-scale", type=int, help="upscale written frames N times (default 1; 8 for pixel-space "
+                 "models such as the demo)")
   p.add_argument("--batch", type=int, default=1, help="samples per compiled rollout (with several prompts: at most "
                  "this many at once)")
   p.add_argument("--latent-hw", type=int, nargs=2, metavar=("H", "W"),
                  help="latent size (default 60 104 = 480x832 video; 8 8 for the tiny preset)")
   p.add_argument("--chunk-frames", type=int, default=3)
-  p.add_argument("--steps", type=float, nargs="+", default=[1000, 750, 500, 250],
-                 help="denoising steps (raw; warped through the schedule unless --no-warp)")
+  p.add_argument("--steps", type=float, nargs="+",
+                 help="denoising steps (raw; warped through the schedule unless --no-warp; default 1000 750 500 250, "
+                      "the demo: its fitted sampler)")
   p.add_argument("--no-warp", action="store_true", help="use --steps as model timesteps directly")
-  p.add_argument("--shift", type=float, default=5.0, help="timestep shift of the flow schedule")
+  p.add_argument("--eta", type=float, help="re-noising between steps: 1 = fresh noise (the reference's, for "
+                 "distilled models; default), 0 = the flow ODE's Euler step (the demo's)")
+  p.add_argument("--shift", type=float, help="timestep shift of the flow schedule (default 5; the demo: its own)")
   p.add_argument("--context-noise", type=float, default=0.0, help="timestep of the cache-refill call")
   p.add_argument("--compute-dtype", choices=["float32", "bfloat16"], default="float32")
   p.add_argument("--attention", default="auto", choices=ATTENTION_BACKENDS,

@@ -43,50 +43,105 @@ class GenerateSpec:
   batch: int = 1
   latent_hw: tuple[int, int] = (60, 104)
   fps: int = 16
+  video_scale: int = 1  # nearest-neighbour upscaling of the written frames
 
 
 class _VideoDecoder:
-  """The VAE's streaming decode, jitted (one compile for the first chunk, one for the rest), and one mp4 per sample.
-
-  Each sample keeps its own decoder history (a fixed-shape pytree), so pixel frames exist only one chunk at a time.
+  """Each sample's chunks -> its mp4, as they come: through the VAE's streaming decode (jitted: one compile for the
+  first chunk, one for the rest; each sample keeps its own fixed-shape decoder history, so pixel frames exist only
+  one chunk at a time), or as they are for a pixel-space model (vae None). Frames are scaled up `scale` times
+  (nearest neighbour) for viewing. Per-frame motion and colour consistency are kept for motion.json / motion.png.
   """
 
-  def __init__(self, vae, chunk_shape: tuple[int, ...], folder: str, names: list[str], frames: int, fps: int):
-    from flax import nnx
+  def __init__(self, vae, chunk_shape: tuple[int, ...], folder: str, names: list[str], frames: int, fps: int,
+               scale: int = 1):
     from rf_jax.video import Mp4Writer
-    graphdef, state = nnx.split(vae)
-    self._state = state
-    self._decode = jax.jit(lambda st, z, hist, first: nnx.merge(graphdef, st).decode_stream(z, hist, first=first),
-                           static_argnums=3)
-    self._zero = vae.init_stream((1, *chunk_shape[1:]))
-    s, t = vae.config.spatial_stride, vae.config.temporal_stride
-    self.height, self.width = chunk_shape[2] * s, chunk_shape[3] * s
+    self.vae = vae
+    if vae is not None:
+      from flax import nnx
+      graphdef, state = nnx.split(vae)
+      self._state = state
+      self._decode = jax.jit(
+          lambda st, z, hist, first: nnx.merge(graphdef, st).decode_stream(z, hist, first=first), static_argnums=3)
+      self._zero = vae.init_stream((1, *chunk_shape[1:]))
+      s, t = vae.config.spatial_stride, vae.config.temporal_stride
+    else:
+      s, t = 1, 1
+      self._zero = None
+    self.scale = scale
+    self.height, self.width = chunk_shape[2] * s * scale, chunk_shape[3] * s * scale
     self.total = 1 + t * (frames - 1)  # pixel frames of `frames` latents
     self._writer = lambda name: Mp4Writer(os.path.join(folder, name), height=self.height, width=self.width, fps=fps)
     self.names = names
-    self._open: dict[int, list] = {}  # sample -> [writer, history, frames written]
+    self._open: dict[int, list] = {}  # sample -> [writer, history, frames written, previous frame, first histogram]
+    self.stats: dict[int, dict[str, list[float]]] = {}
 
   def add(self, sample: int, chunk_index: int, z: np.ndarray) -> None:
     """z: this sample's latents of one chunk [F, h, w, C] (chunk_index 0 starts its video)."""
     from rf_jax.video import to_uint8
     if chunk_index == 0:
-      self._open[sample] = [self._writer(self.names[sample]), self._zero, 0]
+      self._open[sample] = [self._writer(self.names[sample]), self._zero, 0, None, None]
+      self.stats[sample] = {"motion": [], "consistency": []}
     entry = self._open[sample]
-    pixels, entry[1] = self._decode(self._state, jnp.asarray(z[None]), entry[1], chunk_index == 0)
-    keep = min(pixels.shape[1], self.total - entry[2])  # the last chunk may run past --frames
-    if keep > 0:
-      entry[0].write(to_uint8(np.asarray(pixels[0, :keep])))
-      entry[2] += keep
+    if self.vae is not None:
+      pixels, entry[1] = self._decode(self._state, jnp.asarray(z[None]), entry[1], chunk_index == 0)
+      pixels = np.asarray(pixels[0])
+    else:
+      pixels = np.asarray(z)
+    keep = min(pixels.shape[0], self.total - entry[2])  # the last chunk may run past --frames
+    if keep <= 0:
+      return
+    frames = to_uint8(pixels[:keep])
+    self._measure(sample, entry, frames)
+    if self.scale > 1:
+      frames = np.repeat(np.repeat(frames, self.scale, axis=1), self.scale, axis=2)
+    entry[0].write(frames)
+    entry[2] += keep
+
+  def _measure(self, sample: int, entry: list, frames: np.ndarray) -> None:
+    """motion: mean |frame - previous| / 255; consistency: colour-histogram intersection with the first frame."""
+    for frame in frames.astype(np.float32):
+      hist = np.histogramdd(frame.reshape(-1, 3), bins=(4, 4, 4), range=((0, 256),) * 3)[0].ravel()
+      hist /= hist.sum()
+      if entry[4] is None:
+        entry[4] = hist
+      else:
+        self.stats[sample]["motion"].append(float(np.abs(frame - entry[3]).mean() / 255))
+        self.stats[sample]["consistency"].append(float(np.minimum(hist, entry[4]).sum()))
+      entry[3] = frame
 
   def finish(self) -> None:
-    for writer, _, _ in self._open.values():
+    for writer, *_ in self._open.values():
       writer.close()
     self._open.clear()
 
   def abort(self) -> None:
-    for writer, _, _ in self._open.values():
+    for writer, *_ in self._open.values():
       writer.__exit__(RuntimeError, None, None)
     self._open.clear()
+
+
+def motion_plot(stats: dict[int, dict[str, list[float]]], fps: int, path: str) -> None:
+  """Per-frame motion and colour consistency of each sample over time."""
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  fig, axes = plt.subplots(2, 1, figsize=(7, 4.5), dpi=100, sharex=True)
+  for k, st in sorted(stats.items()):
+    t = np.arange(1, len(st["motion"]) + 1) / fps
+    axes[0].plot(t, st["motion"], lw=0.8, label=f"sample {k}")
+    axes[1].plot(t, st["consistency"], lw=0.8)
+  axes[0].set_ylabel("motion\n(mean |Δframe|)")
+  axes[1].set_ylabel("colour consistency\nwith frame 0")
+  axes[1].set_xlabel("seconds")
+  axes[1].set_ylim(0, 1.02)
+  for ax in axes:
+    ax.grid(alpha=0.3)
+  if len(stats) > 1:
+    axes[0].legend(fontsize=7)
+  fig.tight_layout()
+  fig.savefig(path)
+  plt.close(fig)
 
 
 def load_text_embeddings(path: str, batch: int, text_len: int, text_dim: int) -> np.ndarray:
@@ -199,13 +254,14 @@ def video_names(n: int) -> list[str]:
 
 def generate(model, policy: Policy, sampler: Sampler, spec: GenerateSpec, out: str, *,
              text_embeddings: np.ndarray | None = None, prompts: list[str] | None = None, vae=None,
-             force: bool = False, progress: bool = True, mesh: jax.sharding.Mesh | None = None,
+             pixels: bool = False, force: bool = False, progress: bool = True, mesh: jax.sharding.Mesh | None = None,
              extra_summary: dict[str, Any] | None = None) -> dict[str, Any]:
   """Runs the rollouts and writes OUT atomically; returns the summary.
 
   text_embeddings: float32 [N, P, text_dim] (N samples; P <= text_len rows, zero-padded), or None for `batch`
     seeded random prompts. prompts: the N texts they came from (then each sample's noise is the seed's alone).
   vae: a `WanVAE` to decode the latents into mp4 files during the rollout (None: latents only).
+  pixels: the model works in pixel space (the demo): its frames are written as they are (no VAE).
   With a `mesh`, the rollout runs sharded on it (placement.py); with several processes each writes only its own
   samples' latents and videos, and process 0 the JSON files.
   """
@@ -233,7 +289,8 @@ def generate(model, policy: Policy, sampler: Sampler, spec: GenerateSpec, out: s
   keys = jnp.stack([noise_key] * spec.batch) if prompts else noise_key
   hl, wl = spec.latent_hw
   shape = (n, spec.frames, cfg.out_dim, hl, wl)
-  names = video_names(n) if vae is not None else []
+  video = vae is not None or pixels
+  names = video_names(n) if video else []
   chunks: list[dict[str, Any]] = []
   times: list[float] = []
   groups = [(g, min(spec.batch, n - g)) for g in range(0, n, spec.batch)]
@@ -245,8 +302,8 @@ def generate(model, policy: Policy, sampler: Sampler, spec: GenerateSpec, out: s
       _LatentWriter.create(latents_path, shape)
     barrier("rf_jax.generate.latents")
     writer = _LatentWriter(latents_path, shape)
-    decoder = (_VideoDecoder(vae, rollout.chunk_shape, tmp, names, spec.frames, spec.fps)
-               if vae is not None else None)
+    decoder = (_VideoDecoder(vae, rollout.chunk_shape, tmp, names, spec.frames, spec.fps, spec.video_scale)
+               if video else None)
     t0 = time.perf_counter()
     try:
       for gi, (start, count) in enumerate(groups):
@@ -279,18 +336,22 @@ def generate(model, policy: Policy, sampler: Sampler, spec: GenerateSpec, out: s
     writer.close()
     peak, peak_source = peak_bytes()
     intervals = np.diff(times[:rollout.num_chunks]) if len(times) > 1 else np.array([])
-    video = None
+    video_info = None
     if decoder is not None:
-      video = {"files": names, "frames": decoder.total, "height": decoder.height, "width": decoder.width,
-               "fps": spec.fps, "codec": "h264"}
+      video_info = {"files": names, "frames": decoder.total, "height": decoder.height, "width": decoder.width,
+                    "fps": spec.fps, "codec": "h264", "seconds": round(decoder.total / spec.fps, 2),
+                    "motion": {str(k): round(float(np.mean(v["motion"])), 5) if v["motion"] else None
+                               for k, v in decoder.stats.items()},
+                    "consistency_end": {str(k): round(float(np.mean(v["consistency"][-spec.fps:])), 4)
+                                        if v["consistency"] else None for k, v in decoder.stats.items()}}
     summary = {
         "frames": spec.frames, "generated_frames": generated, "chunks": rollout.num_chunks, "chunk_frames": f,
         "batch": spec.batch, "samples": n,
         "latent_hw": list(spec.latent_hw), "seed": spec.seed, "text": text_source,
-        "prompts": list(prompts) if prompts else None, "video": video,
+        "prompts": list(prompts) if prompts else None, "video": video_info,
         "policy": policy_to_dict(policy), "sampler": {"timesteps": list(sampler.timesteps),
                                                       "context_noise": sampler.context_noise,
-                                                      "shift": sampler.schedule.shift},
+                                                      "shift": sampler.schedule.shift, "eta": sampler.eta},
         "compile_count": rollout.compile_count, "seconds": round(seconds, 3),
         "first_chunk_seconds": round(times[0] - t0, 3),
         "steady_seconds_per_chunk": round(float(np.median(intervals)), 4) if intervals.size else None,
@@ -306,4 +367,8 @@ def generate(model, policy: Policy, sampler: Sampler, spec: GenerateSpec, out: s
     if is_leader():
       write_json_atomic(os.path.join(tmp, "memory_trace.json"), {"policy": policy_to_dict(policy), "chunks": chunks})
       write_json_atomic(os.path.join(tmp, "summary.json"), summary)
+    if decoder is not None and decoder.stats and jax.process_count() == 1:
+      write_json_atomic(os.path.join(tmp, "motion.json"), {"fps": spec.fps, "samples": {
+          str(k): v for k, v in sorted(decoder.stats.items())}})
+      motion_plot(decoder.stats, spec.fps, os.path.join(tmp, "motion.png"))
   return summary

@@ -102,7 +102,8 @@ class Sweep:
             "weights_seed": self.weights_seed, "frames": self.frames,
             "latent_hw": None if self.latent_hw is None else list(self.latent_hw),
             "sampler": {"timesteps": list(self.sampler.timesteps), "context_noise": self.sampler.context_noise,
-                        "chunk_frames": self.sampler.chunk_frames, "shift": self.sampler.schedule.shift},
+                        "chunk_frames": self.sampler.chunk_frames, "shift": self.sampler.schedule.shift,
+                        **({"eta": self.sampler.eta} if self.sampler.eta != 1.0 else {})},
             "batch": self.batch, "compute_dtype": self.compute_dtype}
 
 

@@ -8,18 +8,17 @@ from rf_jax.data import ShapesConfig
 from rf_jax.train import OptimConfig, TrainConfig
 
 TRAIN = TrainConfig(
-    model=ModelConfig(dim=128, ffn_dim=384, num_heads=4, num_layers=4, in_dim=3, out_dim=3, freq_dim=64,
+    model=ModelConfig(dim=96, ffn_dim=256, num_heads=3, num_layers=3, in_dim=3, out_dim=3, freq_dim=64,
                       text_dim=16, text_len=4, patch_size=(1, 4, 4)),
     data=ShapesConfig(size=32, frames=48, max_shapes=3),
-    optim=OptimConfig(lr=1e-3, warmup_steps=200, end_lr_ratio=0.05, weight_decay=0.01, clip_norm=1.0),
-    steps=6000,
-    batch=8,
+    optim=OptimConfig(lr=1e-3, warmup_steps=150, end_lr_ratio=0.05, weight_decay=0.01, clip_norm=1.0),
+    steps=3600,
+    batch=4,
     clip_frames=12,
     chunk_frames=3,
     shift=3.0,
-    p_clean=0.25,
     ema_decay=0.998,
-    save_every=250,
+    save_every=300,
     keep=3,
     log_every=25,
 )

@@ -122,7 +122,10 @@ def convert_wan_folder(src: str, out: str, *, dit: str | None = None, weights: s
   t5_config = infer_umt5_config(open_source(t5_path)[0])
   vae_config = infer_vae_config(open_source(vae_path)[0])
   pipeline.check_compatible(dit_config, t5_config, vae_config)
-  UMT5Tokenizer.from_dir(tok_dir)  # readable before anything is written
+  tokenizer = UMT5Tokenizer.from_dir(tok_dir)  # readable, and fits the encoder, before anything is written
+  if tokenizer.vocab_size > t5_config.vocab:
+    raise ValueError(f"{tok_dir}: the tokenizer has {tokenizer.vocab_size} tokens; the text encoder's table only "
+                     f"{t5_config.vocab}")
 
   summary: dict[str, Any] = {}
   t0 = time.perf_counter()

@@ -39,21 +39,31 @@ Array = jax.Array
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class Sampler:
-  """The few-step sampler. `timesteps` are the model timesteps of the denoising calls (already warped)."""
+  """The few-step sampler. `timesteps` are the model timesteps of the denoising calls (already warped).
+
+  Between calls the chunk is re-noised to the next step's sigma around the call's x0 estimate with noise
+  eta * fresh + sqrt(1 - eta^2) * implied, where `implied` = x_t + (1 - sigma) * flow is the noise the model sees in
+  x_t. eta = 1 (default) is the reference's sampler (fresh noise every step, for distilled few-step models);
+  eta = 0 is the deterministic flow ODE's Euler step x_t + (sigma_next - sigma) * flow (for models trained by plain
+  flow matching, such as the demo).
+  """
   timesteps: tuple[float, ...]
   context_noise: float = 0.0
   chunk_frames: int = 3
   schedule: FlowSchedule = FlowSchedule()
+  eta: float = 1.0
 
   def __post_init__(self):
     if not self.timesteps:
       raise ValueError("Sampler.timesteps is empty")
+    if not 0.0 <= self.eta <= 1.0:
+      raise ValueError(f"Sampler.eta={self.eta} must be in [0, 1]")
     if self.chunk_frames < 1:
       raise ValueError(f"Sampler.chunk_frames={self.chunk_frames} must be >= 1")
 
   @classmethod
   def from_steps(cls, steps=(1000, 750, 500, 250), *, warp: bool = True, shift: float = 5.0,
-                 context_noise: float = 0.0, chunk_frames: int = 3) -> "Sampler":
+                 context_noise: float = 0.0, chunk_frames: int = 3, eta: float = 1.0) -> "Sampler":
     """Self-Forcing's step list: with `warp`, raw step s becomes the scheduler timestep at index 1000 - s."""
     schedule = FlowSchedule(shift=shift)
     steps = [float(s) for s in steps]
@@ -66,7 +76,7 @@ class Sampler:
           raise ValueError(f"step {s} cannot be warped: warped steps are integers in [0, {n}]")
       steps = [float(padded[n - int(s)]) for s in steps]
     return cls(timesteps=tuple(steps), context_noise=float(context_noise), chunk_frames=chunk_frames,
-               schedule=schedule)
+               schedule=schedule, eta=float(eta))
 
 
 class ChunkOut(NamedTuple):
@@ -107,7 +117,10 @@ def _chunk_step(graphdef, policy: Policy, sampler: Sampler, record_calls: bool, 
                                            memory=view.memory, hook=view.hook)
     st, call_trace = policy.after_call(params, st, ctx, aux)
     x0 = x - sig[k] * flow  # [B, F, Hl, Wl, C] float32
-    nxt = jnp.where(k < n_steps - 1, (1 - sig[k + 1]) * x0 + sig[k + 1] * eps[k], x0)
+    e = eps[k]
+    if sampler.eta != 1.0:  # (static) mix in the noise the model implies; eta 0 = the Euler step of the flow ODE
+      e = sampler.eta * e + (1 - sampler.eta**2) ** 0.5 * (x + (1 - sig[k]) * flow.astype(jnp.float32))
+    nxt = jnp.where(k < n_steps - 1, (1 - sig[k + 1]) * x0 + sig[k + 1] * e, x0)
     out = jnp.where(k == n_steps - 1, x0, out)
     return (nxt, st, out, kv), (x0 if record_calls else None, call_trace)
 

@@ -34,9 +34,9 @@ class TrainConfig:
   """What `rf-jax train` runs.
 
   The model sees clips of `clip_frames` frames of the bouncing-shapes dataset in pixel space (in_dim = out_dim = 3),
-  block-causally in chunks of `chunk_frames`, each chunk at its own noise level (diffusion forcing): a chunk is clean
-  context with probability `p_clean` (and then carries no loss), else at a timestep drawn uniformly from the flow
-  schedule's table (`shift`). The loss is the flow-matching MSE on the noisy chunks.
+  block-causally in chunks of `chunk_frames`: the chunks before a random frontier are clean context (no loss), the
+  others each at its own timestep drawn uniformly from the flow schedule's table (`shift`). The loss is the
+  flow-matching MSE on the noisy chunks.
   """
   model: ModelConfig
   data: ShapesConfig = ShapesConfig()
@@ -46,7 +46,6 @@ class TrainConfig:
   clip_frames: int = 12
   chunk_frames: int = 3
   shift: float = 3.0
-  p_clean: float = 0.25
   ema_decay: float = 0.995
   compute_dtype: str = "float32"
   seed: int = 0  # parameters and noise
@@ -68,9 +67,8 @@ class TrainConfig:
                        f"{self.chunk_frames} and at most data.frames={self.data.frames}")
     if self.steps < 1 or self.batch < 1 or self.save_every < 1 or self.keep < 1 or self.log_every < 1:
       raise ValueError("TrainConfig: steps, batch, save_every, keep and log_every must be positive")
-    if not 0 <= self.p_clean < 1 or not 0 <= self.ema_decay < 1:
-      raise ValueError(f"TrainConfig: 0 <= p_clean < 1 and 0 <= ema_decay < 1 (got {self.p_clean}, "
-                       f"{self.ema_decay})")
+    if not 0 <= self.ema_decay < 1:
+      raise ValueError(f"TrainConfig: 0 <= ema_decay < 1 (got {self.ema_decay})")
     if self.compute_dtype not in ("float32", "bfloat16"):
       raise ValueError(f"TrainConfig.compute_dtype={self.compute_dtype!r}; expected float32 or bfloat16")
 

@@ -3,7 +3,7 @@
     state = init_state(cfg)                        # {"step", "params", "opt_state", "ema"}: a pytree
     state, metrics = train_step(state, clips, key) # jitted once (train_step_fn)
 
-Per chunk c of a clip x0 [B, F, H, W, 3]:  clean context with probability p_clean (timestep 0, no loss), else a
+Per chunk c of a clip x0 [B, F, H, W, 3]: clean context (timestep 0, no loss) before a random frontier chunk, else a
 timestep t_c from the schedule's table (uniform index), sigma_c = sigma(t_c);
     x_t = (1 - sigma_c) x0 + sigma_c eps,   target flow = eps - x0,   loss = mean over noisy chunks |flow - target|^2
 The model sees all chunks at once with the block-causal mask (each chunk attends to itself and earlier chunks), the
@@ -62,13 +62,18 @@ def abstract_state(cfg: TrainConfig) -> dict[str, Any]:
 
 
 def chunk_noise_levels(cfg: TrainConfig, key: Array, batch: int) -> tuple[Array, Array]:
-  """(timesteps [B, chunks] float32 (0 = clean), noisy [B, chunks] bool)."""
+  """(timesteps [B, chunks] float32 (0 = clean), noisy [B, chunks] bool).
+
+  Per clip a frontier chunk c is drawn uniformly: chunks before it are clean context (teacher forcing: what the
+  rollout's cache shows the model), chunks from c on are noisy, each at its own timestep drawn uniformly from the
+  schedule's table (diffusion forcing: later chunks learn from noisy context too).
+  """
   chunks = cfg.clip_frames // cfg.chunk_frames
   _, timesteps = FlowSchedule(shift=cfg.shift).tables()
-  k_idx, k_clean = jax.random.split(key)
+  k_idx, k_front = jax.random.split(key)
   idx = jax.random.randint(k_idx, (batch, chunks), 0, len(timesteps))
-  noisy = ~jax.random.bernoulli(k_clean, cfg.p_clean, (batch, chunks))
-  noisy = noisy.at[:, 0].set(noisy[:, 0] | ~jnp.any(noisy, axis=1))  # every clip has a noisy chunk
+  frontier = jax.random.randint(k_front, (batch, 1), 0, chunks)
+  noisy = jnp.arange(chunks)[None, :] >= frontier
   return jnp.where(noisy, jnp.asarray(timesteps)[idx], 0.0), noisy
 
 

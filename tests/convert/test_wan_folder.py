@@ -119,3 +119,13 @@ def test_missing_parts_and_mismatched_models_fail_before_writing(wan_folder, tmp
   assert cli.main(["convert", str(broken), str(tmp_path / "out"), "--quiet"]) == 2
   assert "text encoder's width 64 is not the DiT's text_dim 48" in capsys.readouterr().err
   assert not (tmp_path / "out").exists()
+
+  # a tokenizer with more ids than the encoder's table (259 > 256) would index past it
+  from rf_jax.text.tokenizer import byte_tokenizer
+  os.remove(broken / "config.json")
+  os.symlink(wan_folder / "config.json", broken / "config.json")
+  os.remove(broken / "google")
+  byte_tokenizer().save(str(broken / TOKENIZER_DIR))
+  assert cli.main(["convert", str(broken), str(tmp_path / "out"), "--quiet"]) == 2
+  assert "has 259 tokens; the text encoder's table only 256" in capsys.readouterr().err
+  assert not (tmp_path / "out").exists()

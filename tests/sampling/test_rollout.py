@@ -132,3 +132,25 @@ def test_bad_geometry_is_refused(model):
   r = Rollout(model, WindowPolicy(), Sampler.from_steps(), batch=1, latent_hw=HW, frames=6)
   with pytest.raises(ValueError, match="noise has shape"):
     r.run(context(), noise=np.zeros((1, 3, *HW, 16)), renoise=np.zeros((2, 3, 1, 3, *HW, 16)))
+
+
+def test_eta_zero_is_the_euler_step_of_the_flow_ode(model):
+  """Sampler(eta=0): the first chunk equals Euler integration of the flow, x <- x + (sigma_next - sigma) * flow,
+  computed here with the model called directly (the first chunk has no memory)."""
+  sampler = Sampler.from_steps([1000, 750, 500, 250], shift=3.0, eta=0.0)
+  r = Rollout(model, WindowPolicy(window_frames=-1), sampler, batch=1, latent_hw=HW, frames=3)
+  ctx = context(1)
+  key = jax.random.key(7)
+  x, _ = r.noise(key, 0)
+  with jax.default_matmul_precision("highest"):
+    latents, _ = r.run(ctx, key=key)
+    text = model.text_kv(ctx)
+    sig = np.asarray(sampler.schedule.sigma(jnp.asarray(sampler.timesteps)))
+    for k, t in enumerate(sampler.timesteps):
+      flow, _ = model(x, jnp.full((1, 3), t), text, frame_pos=jnp.arange(3, dtype=jnp.int32), self_mask=None)
+      x0 = x - sig[k] * flow
+      x = x + (sig[k + 1] - sig[k]) * flow if k + 1 < len(sig) else x0
+  np.testing.assert_allclose(latents[:, :3], np.asarray(x0), rtol=0, atol=2e-5)
+  fresh, _ = Rollout(model, WindowPolicy(window_frames=-1), Sampler.from_steps([1000, 750, 500, 250], shift=3.0),
+                     batch=1, latent_hw=HW, frames=3).run(ctx, key=key)
+  assert np.abs(fresh - latents).max() > 1e-3  # eta = 1 (fresh noise) is another sampler

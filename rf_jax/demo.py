@@ -1,0 +1,72 @@
+"""The built-in demo model: a small causal DiT trained by `rf-jax train configs/train/demo.py` on the bouncing-shapes
+dataset, in pixel space (32x32 RGB frames, one frame per "latent" frame), unconditional (its text context is zeros).
+
+Shipped in the package as rf_jax/assets/demo/{model.safetensors, demo.json}: float32 EMA weights by Flax path, and
+the model config, the few-step sampler fitted to it and where it came from. `rf-jax generate` uses it when no
+--checkpoint or --preset is given. Loading reads tensors only (safetensors): nothing is unpickled.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import numpy as np
+
+ASSET_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets", "demo")
+FPS = 16
+
+
+def available() -> bool:
+  return os.path.isfile(os.path.join(ASSET_DIR, "model.safetensors"))
+
+
+def load_info(folder: str | None = None) -> dict[str, Any]:
+  folder = folder or ASSET_DIR
+  path = os.path.join(folder, "demo.json")
+  try:
+    with open(path) as f:
+      return json.load(f)
+  except FileNotFoundError:
+    raise ValueError(f"the demo model is not installed ({path} is missing); give --checkpoint or --preset") from None
+
+
+def load_demo(folder: str | None = None, *, dtype=None, attn_impl: str = "auto"):
+  """(CausalWanDiT, info) of the shipped demo."""
+  folder = folder or ASSET_DIR
+  import jax.numpy as jnp
+  from safetensors.numpy import load_file
+  from rf_jax.checkpoint import model_from_params, nest, param_shapes
+  from rf_jax.config import ModelConfig
+  info = load_info(folder)
+  config = ModelConfig.from_dict(info["model"], source=os.path.join(folder, "demo.json"))
+  tensors = load_file(os.path.join(folder, "model.safetensors"))
+  shapes = param_shapes(config)
+  flat = {}
+  for path, shape in shapes.items():
+    key = ".".join(map(str, path))
+    if key not in tensors or tensors[key].shape != shape:
+      raise ValueError(f"{folder}/model.safetensors: {key} is missing or not {shape}")
+    flat[path] = jnp.asarray(tensors[key])
+  if len(tensors) != len(shapes):
+    raise ValueError(f"{folder}/model.safetensors: {len(tensors) - len(shapes)} tensors the model does not have")
+  return model_from_params(config, nest(flat), dtype=dtype or jnp.float32, attn_impl=attn_impl), info
+
+
+def write_demo(folder: str, config, params: dict, info: dict[str, Any]) -> None:
+  """Writes the demo files from a trained model's (EMA) parameters (nested dict)."""
+  from safetensors.numpy import save_file
+  os.makedirs(folder, exist_ok=True)
+  flat = {}
+
+  def walk(node, path):
+    if isinstance(node, dict):
+      for k, v in node.items():
+        walk(v, (*path, k))
+    else:
+      flat[".".join(map(str, path))] = np.ascontiguousarray(np.asarray(node, np.float32))
+  walk(params, ())
+  save_file(flat, os.path.join(folder, "model.safetensors"))
+  from rf_jax.checkpoint import write_json_atomic
+  write_json_atomic(os.path.join(folder, "demo.json"), {"model": config.to_dict(), **info})

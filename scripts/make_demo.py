@@ -1,0 +1,105 @@
+"""Packages a finished `rf-jax train configs/train/demo.py` run as the built-in demo model (rf_jax/assets/demo/), with
+a few-step sampler fitted to it.
+
+    python scripts/make_demo.py runs/demo [--out rf_jax/assets/demo]
+
+Fitting: for each candidate sampler (denoising steps x schedule shift x re-noising eta), the EMA model rolls out `--samples` videos
+of 24 frames with a dense window, and the candidate is scored by how far its frames are from held-out dataset clips
+(`score` = L1 distance of the mean colour histograms + |mean motion - data's mean motion| / data's mean motion).
+The lowest score wins; every candidate's numbers go into demo.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+from rf_jax import demo  # noqa: E402
+from rf_jax.data.shapes import shapes_batch  # noqa: E402
+from rf_jax.memory import WindowPolicy  # noqa: E402
+from rf_jax.runinfo import git_commit  # noqa: E402
+from rf_jax.sampling import Rollout, Sampler  # noqa: E402
+from rf_jax.train import load_train_config  # noqa: E402
+
+CANDIDATES = [(steps, shift, eta) for steps in (8, 16) for shift in (1.0, 3.0) for eta in (0.0, 1.0)]
+FIT_FRAMES = 24
+
+
+def histograms(frames: np.ndarray) -> np.ndarray:
+  """[N, H, W, 3] in [-1, 1] -> mean colour histogram (4 bins per channel)."""
+  px = ((np.clip(frames, -1, 1) + 1) * 127.5).reshape(-1, 3)
+  h = np.histogramdd(px, bins=(4, 4, 4), range=((0, 256),) * 3)[0].ravel()
+  return h / h.sum()
+
+
+def motion(clips: np.ndarray) -> float:
+  """[B, T, H, W, 3] -> mean |frame difference| (in [-1, 1] units)."""
+  return float(np.abs(np.diff(clips, axis=1)).mean())
+
+
+def main(argv=None) -> int:
+  p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument("run", help="a finished training run folder (rf-jax train ... --out RUN)")
+  p.add_argument("--config", default=os.path.join(os.path.dirname(__file__), "..", "configs", "train", "demo.py"))
+  p.add_argument("--out", default=demo.ASSET_DIR)
+  p.add_argument("--samples", type=int, default=4)
+  args = p.parse_args(argv)
+
+  from rf_jax.checkpoint import load_model, load_params
+  from flax import nnx
+  cfg = load_train_config(args.config)
+  model = load_model(os.path.join(args.run, "model"))
+  with open(os.path.join(args.run, "metrics.jsonl")) as f:
+    log = [json.loads(ln) for ln in f if ln.strip()]
+  if not log or log[-1]["step"] != cfg.steps:
+    raise SystemExit(f"{args.run}: training is not finished (last logged step {log[-1]['step'] if log else None})")
+
+  real = shapes_batch(cfg.data, seed=cfg.data_seed + 1000, indices=range(16))[:, :FIT_FRAMES]  # held out
+  real_hist, real_motion = histograms(real), motion(real)
+  context = jnp.zeros((args.samples, cfg.model.text_len, cfg.model.text_dim))
+  results = []
+  for steps, shift, eta in CANDIDATES:
+    raw = [float(round(x)) for x in np.linspace(1000, 0, steps + 1)[:-1]]
+    sampler = Sampler.from_steps(raw, shift=shift, chunk_frames=cfg.chunk_frames, eta=eta)
+    rollout = Rollout(model, WindowPolicy(window_frames=-1), sampler, batch=args.samples,
+                      latent_hw=(cfg.data.size, cfg.data.size), frames=FIT_FRAMES)
+    t0 = time.perf_counter()
+    videos, _ = rollout.run(context, key=jax.random.key(123))
+    videos = np.asarray(videos)
+    hist_l1 = float(np.abs(histograms(videos) - real_hist).sum())
+    mot = motion(videos)
+    score = hist_l1 + abs(mot - real_motion) / real_motion
+    results.append({"steps": steps, "shift": shift, "eta": eta, "raw_steps": raw,
+                    "histogram_l1": round(hist_l1, 4), "motion": round(mot, 5), "score": round(score, 4),
+                    "seconds": round(time.perf_counter() - t0, 2)})
+    print(json.dumps(results[-1]), flush=True)
+  best = min(results, key=lambda r: r["score"])
+  params = nnx.to_pure_dict(load_params(os.path.join(args.run, "model"))[1])
+  info = {
+      "sampler": {"steps": best["raw_steps"], "shift": best["shift"], "eta": best["eta"]},
+      "frame_hw": [cfg.data.size, cfg.data.size],
+      "default_frames": 480,
+      "fps": demo.FPS,
+      "trained": {"config": os.path.relpath(os.path.abspath(args.config), os.path.join(os.path.dirname(
+                      os.path.abspath(__file__)), "..")), "steps": cfg.steps, "batch": cfg.batch,
+                  "clip_frames": cfg.clip_frames, "final_loss": log[-1]["loss"], "seconds": log[-1]["seconds"],
+                  "device": str(jax.devices()[0]), "jax": jax.__version__, "commit": git_commit()},
+      "sampler_fit": {"data_motion": round(real_motion, 5), "candidates": results},
+  }
+  demo.write_demo(args.out, cfg.model, jax.device_get(params), info)
+  size = os.path.getsize(os.path.join(args.out, "model.safetensors"))
+  print(json.dumps({"out": os.path.abspath(args.out), "bytes": size, "sampler": info["sampler"]}))
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

@@ -1,0 +1,60 @@
+"""The demo-model path: `rf-jax generate` with no model given loads rf_jax/assets/demo (safetensors + demo.json,
+nothing unpickled) and writes the pixel-space video, its memory trace and a motion plot. Here the demo folder is a
+small random model written by `demo.write_demo` (the same writer scripts/make_demo.py uses)."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+from flax import nnx
+
+from rf_jax import cli, demo
+from rf_jax.config import ModelConfig
+from rf_jax.model import CausalWanDiT
+from rf_jax.video import probe
+
+CFG = ModelConfig(dim=32, ffn_dim=64, num_heads=2, num_layers=2, in_dim=3, out_dim=3, freq_dim=16, text_dim=8,
+                  text_len=2, patch_size=(1, 4, 4))
+
+
+@pytest.fixture
+def demo_dir(tmp_path, monkeypatch):
+  model = CausalWanDiT(CFG, rngs=nnx.Rngs(0))
+  folder = str(tmp_path / "demo")
+  demo.write_demo(folder, CFG, nnx.to_pure_dict(nnx.state(model, nnx.Param)),
+                  {"sampler": {"steps": [1000, 500], "shift": 3.0, "eta": 0.0}, "frame_hw": [16, 16],
+                   "default_frames": 12, "fps": 16})
+  monkeypatch.setattr(demo, "ASSET_DIR", folder)
+  return folder, model
+
+
+def test_generate_without_a_model_writes_the_demo_video(demo_dir, tmp_path):
+  folder, model = demo_dir
+  loaded, info = demo.load_demo()
+  for (p, a), (_, b) in zip(nnx.to_flat_state(nnx.state(loaded, nnx.Param)),
+                            nnx.to_flat_state(nnx.state(model, nnx.Param))):
+    np.testing.assert_array_equal(np.asarray(a[...]), np.asarray(b[...]))
+  out = tmp_path / "v"
+  assert cli.main(["generate", "--out", str(out), "--batch", "2", "--quiet"]) == 0
+  summary = json.loads((out / "summary.json").read_text())
+  assert summary["source"]["demo"] == folder and summary["sampler"]["eta"] == 0.0
+  assert summary["sampler"]["shift"] == 3.0 and len(summary["sampler"]["timesteps"]) == 2
+  assert summary["video"]["files"] == ["video_000.mp4", "video_001.mp4"]
+  info = probe(str(out / "video_001.mp4"))
+  assert (info["frames"], info["height"], info["width"]) == (12, 128, 128)  # 16x16 pixel frames shown 8x
+  latents = np.load(out / "latents.npy")  # the frames themselves, [B, F, 3, H, W]
+  assert latents.shape == (2, 12, 3, 16, 16)
+  motion = json.loads((out / "motion.json").read_text())["samples"]["0"]
+  assert len(motion["motion"]) == 11 and len(motion["consistency"]) == 11
+  frames = np.rint((np.clip(np.moveaxis(latents[0], 1, -1), -1, 1) + 1) * 127.5)
+  np.testing.assert_allclose(motion["motion"][0], np.abs(frames[1] - frames[0]).mean() / 255, rtol=1e-5)
+  assert os.path.exists(out / "motion.png") and os.path.exists(out / "memory_trace.json")
+
+
+def test_the_demo_takes_no_prompt_and_a_missing_demo_is_named(demo_dir, tmp_path, capsys, monkeypatch):
+  assert cli.main(["generate", "--out", str(tmp_path / "v"), "--prompt", "a fox", "--quiet"]) == 2
+  assert "unconditional" in capsys.readouterr().err
+  monkeypatch.setattr(demo, "ASSET_DIR", str(tmp_path / "nowhere"))
+  assert cli.main(["generate", "--out", str(tmp_path / "v"), "--quiet"]) == 2
+  assert "the demo model is not installed" in capsys.readouterr().err
