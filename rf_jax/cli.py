@@ -259,6 +259,8 @@ def cmd_generate(args) -> int:
                                shift=args.shift or sampling.get("shift", 5.0), context_noise=args.context_noise,
                                chunk_frames=args.chunk_frames,
                                eta=args.eta if args.eta is not None else sampling.get("eta", 1.0))
+  # Pixel-space models (the demo, and what `rf-jax train` makes: RGB in and out) are unconditional: zero text.
+  pixels = demo_info is not None or dit_config.out_dim == 3
   mesh = setup_parallel(args)
   text, text_info = None, {}
   if prompts:  # encode first: the text encoder is dropped before the DiT is loaded
@@ -270,8 +272,8 @@ def cmd_generate(args) -> int:
     del encoder
   elif args.text_embeddings:
     text = load_text_embeddings(args.text_embeddings, args.batch, dit_config.text_len, dit_config.text_dim)
-  elif demo_info is not None:
-    text = np.zeros((args.batch, dit_config.text_len, dit_config.text_dim), np.float32)  # unconditional
+  elif pixels:
+    text = np.zeros((args.batch, dit_config.text_len, dit_config.text_dim), np.float32)
   dtype = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[args.compute_dtype]
   if demo_info is not None:
     from rf_jax import demo
@@ -285,7 +287,6 @@ def cmd_generate(args) -> int:
     model = CausalWanDiT(dit_config, dtype=dtype, attn_impl=args.attention, rngs=nnx.Rngs(args.seed))
     source = {"preset": args.preset, "weights": f"random (seed {args.seed})"}
   vae = None
-  pixels = demo_info is not None or dit_config.out_dim == 3
   if not args.no_video and not pixels:
     if sources.vae is None:
       print("rf-jax generate: no VAE (give --vae DIR or a pipeline --checkpoint): writing latents only",
