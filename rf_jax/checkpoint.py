@@ -110,6 +110,17 @@ def nest(flat: Mapping[Path, Any]) -> dict:
   return tree
 
 
+def flatten(tree: Mapping) -> dict[Path, Any]:
+  """The inverse of `nest`: a nested dict of arrays -> {path: leaf}."""
+  flat: dict[Path, Any] = {}
+  for key, value in tree.items():
+    if isinstance(value, Mapping):
+      flat.update({(key, *path): leaf for path, leaf in flatten(value).items()})
+    else:
+      flat[(key,)] = value
+  return flat
+
+
 @contextlib.contextmanager
 def atomic_directory(dest: str | os.PathLike, *, force: bool = False) -> Iterator[str]:
   """Yields a fresh temporary folder beside `dest`; on success it replaces `dest` (only with `force`)."""

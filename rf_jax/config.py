@@ -186,3 +186,20 @@ def from_constructor_args(args: Mapping[str, Any]) -> ModelConfig:
 def memory_args_from_constructor_args(args: Mapping[str, Any]) -> tuple[int, int]:
   """(local_attn_size, sink_size) in latent frames, with the Self-Forcing defaults (-1, 0)."""
   return int(args.get("local_attn_size", -1)), int(args.get("sink_size", 0))
+
+
+def load_python_value(path: str, name: str, kind: type, *, what: str, expected: str):
+  """Runs the Python file `path` (a sweep or training config) and returns its `name`, which must be a `kind`.
+
+  what: how errors name the file ("sweep file"); expected: how they name the value ("SWEEP = rf_jax.sweep.Sweep(...)").
+  """
+  import importlib.util
+  if not os.path.isfile(path):
+    raise ValueError(f"{what} {path!r} does not exist")
+  spec = importlib.util.spec_from_file_location(f"rf_jax_{name.lower()}_{abs(hash(path))}", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  value = getattr(module, name, None)
+  if not isinstance(value, kind):
+    raise ValueError(f"{path}: defines no {expected}")
+  return value

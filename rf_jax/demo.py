@@ -57,16 +57,8 @@ def load_demo(folder: str | None = None, *, dtype=None, attn_impl: str = "auto")
 def write_demo(folder: str, config, params: dict, info: dict[str, Any]) -> None:
   """Writes the demo files from a trained model's (EMA) parameters (nested dict)."""
   from safetensors.numpy import save_file
+  from rf_jax.checkpoint import flatten, write_json_atomic
   os.makedirs(folder, exist_ok=True)
-  flat = {}
-
-  def walk(node, path):
-    if isinstance(node, dict):
-      for k, v in node.items():
-        walk(v, (*path, k))
-    else:
-      flat[".".join(map(str, path))] = np.ascontiguousarray(np.asarray(node, np.float32))
-  walk(params, ())
+  flat = {".".join(map(str, p)): np.ascontiguousarray(np.asarray(v, np.float32)) for p, v in flatten(params).items()}
   save_file(flat, os.path.join(folder, "model.safetensors"))
-  from rf_jax.checkpoint import write_json_atomic
   write_json_atomic(os.path.join(folder, "demo.json"), {"model": config.to_dict(), **info})

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import importlib.util
 import io
 import itertools
 import json
@@ -119,14 +118,8 @@ def grid(policy: Policy, **settings: Iterable) -> tuple[Policy, ...]:
 
 def load_sweep(path: str) -> Sweep:
   """Runs the sweep file and returns its `SWEEP`."""
-  if not os.path.isfile(path):
-    raise ValueError(f"sweep file {path!r} does not exist")
-  spec = importlib.util.spec_from_file_location(f"rf_jax_sweep_{abs(hash(path))}", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  sweep = getattr(module, "SWEEP", None)
-  if not isinstance(sweep, Sweep):
-    raise ValueError(f"{path}: defines no SWEEP = rf_jax.sweep.Sweep(...)")
+  from rf_jax.config import load_python_value
+  sweep = load_python_value(path, "SWEEP", Sweep, what="sweep file", expected="SWEEP = rf_jax.sweep.Sweep(...)")
   return dataclasses.replace(sweep, source_dir=os.path.dirname(os.path.abspath(path)))
 
 

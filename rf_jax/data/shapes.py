@@ -92,6 +92,6 @@ def shapes_clip(config: ShapesConfig, *, seed: int, index: int, start_frame: int
   return (video * 2 - 1).astype(np.float32)
 
 
-def shapes_batch(config: ShapesConfig, *, seed: int, indices) -> np.ndarray:
-  """[len(indices), T, H, W, 3]."""
-  return np.stack([shapes_clip(config, seed=seed, index=int(i)) for i in indices])
+def shapes_batch(config: ShapesConfig, *, seed: int, indices, frames: int | None = None) -> np.ndarray:
+  """[len(indices), frames (default config.frames), H, W, 3]: the first frames of each clip."""
+  return np.stack([shapes_clip(config, seed=seed, index=int(i), frames=frames) for i in indices])

@@ -4,11 +4,9 @@
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
-import os
 from typing import Any
 
-from rf_jax.config import ModelConfig
+from rf_jax.config import ModelConfig, load_python_value
 from rf_jax.data.shapes import ShapesConfig
 
 
@@ -80,12 +78,5 @@ class TrainConfig:
 
 def load_train_config(path: str) -> TrainConfig:
   """Runs the config file and returns its `TRAIN`."""
-  if not os.path.isfile(path):
-    raise ValueError(f"training config {path!r} does not exist")
-  spec = importlib.util.spec_from_file_location(f"rf_jax_train_{abs(hash(path))}", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  cfg = getattr(module, "TRAIN", None)
-  if not isinstance(cfg, TrainConfig):
-    raise ValueError(f"{path}: defines no TRAIN = rf_jax.train.TrainConfig(...)")
-  return cfg
+  return load_python_value(path, "TRAIN", TrainConfig, what="training config",
+                           expected="TRAIN = rf_jax.train.TrainConfig(...)")

@@ -121,7 +121,7 @@ def train(cfg: TrainConfig, out: str, *, mesh=None, progress: bool = True) -> di
   compile_seconds = None
   with open(metrics_path, "a") as log:
     for step in range(start, cfg.steps):
-      clips = shapes_batch(cfg.data, seed=cfg.data_seed, indices=batch_indices(cfg, step))[:, :cfg.clip_frames]
+      clips = shapes_batch(cfg.data, seed=cfg.data_seed, indices=batch_indices(cfg, step), frames=cfg.clip_frames)
       if mesh is not None:
         clips = placement.put_batch(clips, mesh)
       state, metrics = step_fn(state, clips, step_key(cfg, step))
@@ -164,16 +164,8 @@ def train(cfg: TrainConfig, out: str, *, mesh=None, progress: bool = True) -> di
 
 def export_model(cfg: TrainConfig, params: dict, dest: str) -> str:
   """The (EMA) parameters as an rf_jax DiT checkpoint, replacing `dest` atomically."""
-  from rf_jax.checkpoint import save_checkpoint
-  flat = {}
-
-  def walk(node, path):
-    if isinstance(node, dict):
-      for k, v in node.items():
-        walk(v, (*path, k))
-    else:
-      flat[path] = np.asarray(node)
-  walk(params, ())
+  from rf_jax.checkpoint import flatten, save_checkpoint
+  flat = {p: np.asarray(v) for p, v in flatten(params).items()}
   return save_checkpoint(dest, cfg.model, flat, meta={"source": "rf-jax train", "weights": "ema",
                                                       "steps": cfg.steps, "commit": git_commit()}, force=True)
 
