@@ -35,6 +35,9 @@ class TrainConfig:
   block-causally in chunks of `chunk_frames`: the chunks before a random frontier are clean context (no loss), the
   others each at its own timestep drawn uniformly from the flow schedule's table (`shift`). The loss is the
   flow-matching MSE on the noisy chunks.
+
+  init: a DiT checkpoint (rf_jax.dit, e.g. an earlier run's model/) to start from instead of a random
+    initialisation (fine-tuning); its config must equal `model`.
   """
   model: ModelConfig
   data: ShapesConfig = ShapesConfig()
@@ -51,6 +54,7 @@ class TrainConfig:
   save_every: int = 200
   keep: int = 3
   log_every: int = 10
+  init: str | None = None
 
   def __post_init__(self):
     m = self.model

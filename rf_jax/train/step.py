@@ -49,10 +49,25 @@ def build_model(cfg: TrainConfig, *, abstract: bool = False):
   return nnx.eval_shape(make) if abstract else make()
 
 
+def initial_params(cfg: TrainConfig) -> dict[str, Any]:
+  """The float32 parameters of step 0: a fresh model from cfg.seed, or the checkpoint cfg.init (same config)."""
+  if cfg.init is None:
+    params = nnx.to_pure_dict(nnx.state(build_model(cfg), nnx.Param))
+  else:
+    from rf_jax.checkpoint import load_params
+    config, state = load_params(cfg.init)
+    if config != cfg.model:
+      want = cfg.model.to_dict()
+      diff = sorted(k for k, v in config.to_dict().items() if want.get(k) != v)
+      raise ValueError(f"TrainConfig.init={cfg.init}: the checkpoint's model config differs from TrainConfig.model "
+                       f"in {', '.join(diff)}")
+    params = nnx.to_pure_dict(state)
+  return jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), params)
+
+
 def init_state(cfg: TrainConfig) -> dict[str, Any]:
-  """Step 0: the model's initial float32 parameters (from cfg.seed), AdamW's state and the EMA (= the parameters)."""
-  params = nnx.state(build_model(cfg), nnx.Param)
-  params = jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), nnx.to_pure_dict(params))
+  """Step 0: the initial float32 parameters (`initial_params`), AdamW's state and the EMA (= the parameters)."""
+  params = initial_params(cfg)
   return {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": optimizer(cfg).init(params),
           "ema": jax.tree.map(jnp.copy, params)}
 
