@@ -52,3 +52,28 @@ def test_memory_plan_against_the_shapes_by_hand():
   assert abs(rows[("wan2.1-t2v-1.3b", "tensor=4")]["reservoir_gib"] - one["reservoir_gib"] / 4) < 0.01
   big = rows[("wan2.1-t2v-14b", "tensor=8")]
   assert abs(big["reservoir_gib"] - 40 * 117 * 1560 * 5120 * 2 * 2 / 8 / gib) < 0.01
+
+
+def test_demo_diagnostics_on_a_tiny_model(tmp_path):
+  """scripts/demo_diagnostics.py on an untrained tiny-config model: every test reported, the baselines computed from
+  the dataset independently, and the rollout strip written."""
+  import numpy as np
+  from rf_jax.checkpoint import flatten, save_checkpoint
+  from rf_jax.data.shapes import shapes_batch
+  from rf_jax.train import load_train_config
+  from rf_jax.train.step import initial_params
+  config = os.path.join(ROOT, "configs", "train", "tiny.py")
+  cfg = load_train_config(config)
+  save_checkpoint(str(tmp_path / "model"), cfg.model,
+                  {p: np.asarray(v) for p, v in flatten(initial_params(cfg)).items()})
+  rows = run_script("scripts/demo_diagnostics.py", str(tmp_path / "model"), "--config", config, "--out",
+                    str(tmp_path / "diag"), "--samples", "2", "--chunks", "3", "--ode-steps", "2",
+                    "--sampler-steps", "2")
+  tests = [r["test"] for r in rows]
+  assert tests == ["one_step"] * 6 + ["sdedit"] * 4 + ["rollout"] * 2
+  real = shapes_batch(cfg.data, seed=cfg.data_seed + 1000, indices=range(2), frames=cfg.clip_frames)
+  ctx = cfg.clip_frames - cfg.chunk_frames
+  copy_last = np.abs(real[:, ctx - 1:ctx] - real[:, ctx:]).mean()
+  assert all(abs(r["copy_last_frame_error"] - copy_last) < 1e-4 for r in rows if r["test"] != "rollout")
+  assert all(len(r["foreground_per_chunk"]) == 2 for r in rows if r["test"] == "rollout")
+  assert open(tmp_path / "diag" / "rollout.png", "rb").read(4) == b"\x89PNG"
