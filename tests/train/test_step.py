@@ -32,9 +32,9 @@ def test_init_starts_from_the_checkpoint_and_refuses_another_architecture(tiny, 
   fresh = step_mod.initial_params(cfg)
   assert any(not np.array_equal(np.asarray(a), np.asarray(b))
              for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(fresh)))
-  wider = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, num_layers=3))
+  deeper = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, num_layers=3))
   with pytest.raises(ValueError, match="differs from TrainConfig.model in num_layers"):
-    step_mod.initial_params(dataclasses.replace(wider, init=str(tmp_path / "ckpt")))
+    step_mod.initial_params(dataclasses.replace(deeper, init=str(tmp_path / "ckpt")))
 
 
 def test_a_missing_init_checkpoint_is_named(tiny, tmp_path):
