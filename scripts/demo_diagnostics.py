@@ -30,14 +30,10 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 from rf_jax.data.shapes import shapes_batch  # noqa: E402
 from rf_jax.runinfo import git_commit  # noqa: E402
+from rf_jax.sampling import Sampler  # noqa: E402
 from rf_jax.train import load_train_config  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-
-
-def sigmas(steps: int, shift: float, start: float = 1.0) -> np.ndarray:
-  s = np.linspace(start, 0.0, steps + 1)
-  return shift * s / (1 + (shift - 1) * s)
 
 
 def main(argv=None) -> int:
@@ -94,8 +90,11 @@ def main(argv=None) -> int:
     return round(float((np.abs(np.clip(np.asarray(v), -1, 1) - background).max(-1) > 0.5).mean()), 4)
 
   rows = []
-  sig = sigmas(args.sampler_steps, args.shift)
+  raw = [float(round(s)) for s in np.linspace(1000, 0, args.sampler_steps + 1)[:-1]]
   for eta in (0.0, 1.0):
+    sampler = Sampler.from_steps(raw, shift=args.shift, chunk_frames=c, eta=eta)  # the rollout's timesteps
+    ts = list(sampler.timesteps)
+    sig = [float(v) for v in sampler.schedule.sigma(jnp.asarray(ts))] + [0.0]
     key = jax.random.key(1)
     video = real[:, :c]
     for _ in range(1, args.chunks):
@@ -103,12 +102,11 @@ def main(argv=None) -> int:
       x = jax.random.normal(k, (b, c) + real.shape[2:])
       hist = video[:, -12:]
       for i in range(args.sampler_steps):
-        t = jnp.concatenate([jnp.zeros((b, hist.shape[1])), jnp.full((b, c), sig[i] * 1000.0)], axis=1)
+        t = jnp.concatenate([jnp.zeros((b, hist.shape[1])), jnp.full((b, c), ts[i])], axis=1)
         flow = forward(jnp.concatenate([hist, x], axis=1), t)[:, -c:]
         x0 = x - sig[i] * flow
         key, k = jax.random.split(key)
-        noise = eta * jax.random.normal(k, x.shape) + (1 - eta**2) ** 0.5 * (x + (1 - sig[i]) * flow)
-        x = (1 - sig[i + 1]) * x0 + sig[i + 1] * noise
+        x = (1 - sig[i + 1]) * x0 + sig[i + 1] * sampler.step_noise(jax.random.normal(k, x.shape), x, flow, sig[i])
       video = jnp.concatenate([video, x], axis=1)
     per_chunk = [fg(video[:, j * c:(j + 1) * c]) for j in range(1, args.chunks)]
     data = [fg(real[:, j * c:(j + 1) * c]) for j in range(1, args.chunks)]

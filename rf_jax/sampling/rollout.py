@@ -78,6 +78,13 @@ class Sampler:
     return cls(timesteps=tuple(steps), context_noise=float(context_noise), chunk_frames=chunk_frames,
                schedule=schedule, eta=float(eta))
 
+  def step_noise(self, fresh: Array, x: Array, flow: Array, sigma: Array) -> Array:
+    """The noise a call's x0 is re-noised with towards the next step: `fresh` when eta = 1 (static), else
+    eta * fresh + sqrt(1 - eta^2) * (x + (1 - sigma) * flow), the noise the model implies in x (float32 in)."""
+    if self.eta == 1.0:
+      return fresh
+    return self.eta * fresh + (1 - self.eta**2) ** 0.5 * (x + (1 - sigma) * flow)
+
 
 class ChunkOut(NamedTuple):
   latents: Array  # [B, F, Hl, Wl, C] the chunk's final x0
@@ -117,9 +124,7 @@ def _chunk_step(graphdef, policy: Policy, sampler: Sampler, record_calls: bool, 
                                            memory=view.memory, hook=view.hook)
     st, call_trace = policy.after_call(params, st, ctx, aux)
     x0 = x - sig[k] * flow  # [B, F, Hl, Wl, C] float32
-    e = eps[k]
-    if sampler.eta != 1.0:  # (static) mix in the noise the model implies; eta 0 = the Euler step of the flow ODE
-      e = sampler.eta * e + (1 - sampler.eta**2) ** 0.5 * (x + (1 - sig[k]) * flow.astype(jnp.float32))
+    e = sampler.step_noise(eps[k], x, flow.astype(jnp.float32), sig[k])  # eta 0: the flow ODE's Euler step
     nxt = jnp.where(k < n_steps - 1, (1 - sig[k + 1]) * x0 + sig[k + 1] * e, x0)
     out = jnp.where(k == n_steps - 1, x0, out)
     return (nxt, st, out, kv), (x0 if record_calls else None, call_trace)
