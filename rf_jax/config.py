@@ -43,6 +43,11 @@ class ModelConfig:
   qk_norm: bool = True  # RMSNorm on q and k (full width, before the head split)
   cross_attn_norm: bool = True  # affine LayerNorm `norm3` before cross-attention
   model_type: str = "t2v"
+  # What the head's output is. "flow" (Wan, Self-Forcing): the flow eps - x0 itself. "x0" (rf_jax's small
+  # pixel-space models): the clean sample, returned as the flow it implies, (x_t - x0) / max(sigma, 0.05) with
+  # sigma = t / 1000 -- predicting the clean sample is what a narrow model can do in pixel space, where the noise is
+  # as wide as the patch (Li & He, "Back to Basics: Let Denoising Generative Models Denoise", 2025).
+  prediction: str = "flow"
 
   def __post_init__(self):
     for name in ("dim", "ffn_dim", "num_heads", "num_layers", "in_dim", "out_dim", "freq_dim", "text_dim",
@@ -65,6 +70,10 @@ class ModelConfig:
     if self.model_type != "t2v":
       raise ValueError(f"ModelConfig.model_type={self.model_type!r} is not supported: only 't2v' (text-to-video)"
                        " is ported; the i2v image branch (img_emb) is not")
+    if self.prediction not in ("flow", "x0"):
+      raise ValueError(f"ModelConfig.prediction={self.prediction!r}; expected 'flow' or 'x0'")
+    if self.prediction == "x0" and self.in_dim != self.out_dim:
+      raise ValueError(f"ModelConfig.prediction='x0' needs in_dim == out_dim (got {self.in_dim}, {self.out_dim})")
 
   @property
   def head_dim(self) -> int:

@@ -10,14 +10,18 @@ import jax
 
 
 def git_commit() -> str | None:
-  """Short commit of the rf_jax checkout ($RF_JAX_COMMIT where the code runs from a copy without .git), or None."""
+  """Short commit of the rf_jax checkout, with "-dirty" when tracked files differ from it ($RF_JAX_COMMIT where the
+  code runs from a copy without .git), or None."""
   if os.environ.get("RF_JAX_COMMIT"):
     return os.environ["RF_JAX_COMMIT"]
   try:
     here = os.path.dirname(os.path.abspath(__file__))
     out = subprocess.run(["git", "-C", here, "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                          timeout=5)
-    return out.stdout.strip() or None
+    commit = out.stdout.strip() or None
+    dirty = subprocess.run(["git", "-C", here, "status", "--porcelain", "--untracked-files=no"],
+                           capture_output=True, text=True, timeout=5).stdout.strip()
+    return f"{commit}-dirty" if commit and dirty else commit
   except (OSError, subprocess.SubprocessError):
     return None
 

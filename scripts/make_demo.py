@@ -53,6 +53,22 @@ def motion(clips: np.ndarray) -> float:
   return float(np.abs(np.diff(clips, axis=1)).mean())
 
 
+def _run_summary(init: str | None) -> dict | None:
+  """Steps, seconds and commit of the training run whose model/ a stage started from (its train.json and log)."""
+  if init is None:
+    return None
+  run = os.path.dirname(os.path.abspath(init))
+  try:
+    with open(os.path.join(run, "metrics.jsonl")) as f:
+      last = [json.loads(ln) for ln in f if ln.strip()][-1]
+    with open(os.path.join(run, "model", "meta.json")) as f:
+      meta = json.load(f)
+  except (OSError, ValueError, IndexError):
+    return {"run": run, "found": False}
+  return {"run": run, "steps": last["step"], "seconds": last.get("seconds"), "final_loss": last.get("loss"),
+          "commit": meta.get("commit")}
+
+
 def main(argv=None) -> int:
   p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("run", help="a finished training run folder (rf-jax train ... --out RUN)")
@@ -101,7 +117,8 @@ def main(argv=None) -> int:
       "trained": {"config": os.path.relpath(os.path.abspath(args.config), os.path.join(os.path.dirname(
                       os.path.abspath(__file__)), "..")), "steps": cfg.steps, "batch": cfg.batch,
                   "clip_frames": cfg.clip_frames, "final_loss": log[-1]["loss"], "seconds": log[-1]["seconds"],
-                  "device": str(jax.devices()[0]), "jax": jax.__version__, "commit": git_commit()},
+                  "device": str(jax.devices()[0]), "jax": jax.__version__, "commit": git_commit(),
+                  "init": cfg.init, "init_run": _run_summary(cfg.init)},
       "sampler_fit": {"data_motion": round(real_motion, 5), "data_foreground": round(real_fg, 4),
                       "candidates": results},
   }

@@ -40,6 +40,8 @@ def test_14b_shapes_through_eval_shape():
     (dict(eps=0.0), "eps"),
     (dict(patch_size=(1, 2)), "patch_size"),
     (dict(model_type="i2v"), "i2v"),
+    (dict(prediction="eps"), "prediction='eps'"),
+    (dict(prediction="x0", in_dim=16, out_dim=32), "in_dim == out_dim"),
 ])
 def test_invalid_configs_are_refused_with_a_named_error(kwargs, match):
   base = dict(dim=64, ffn_dim=128, num_heads=4, num_layers=2)

@@ -32,6 +32,7 @@ from rf_jax.model.rope import rope_cos_sin
 from rf_jax.ops import AttnImpl, BlockCausal, SlotMemory, resolve
 
 Array = jax.Array
+X0_SIGMA_FLOOR = 0.05  # ModelConfig.prediction == "x0": the smallest sigma the implied flow divides by
 
 
 class TextKV(NamedTuple):
@@ -239,8 +240,11 @@ class CausalWanDiT(nnx.Module):
     out = self.head(h, e)  # [B, F, Q, ph*pw*C]
     self.sow(nnx.Intermediate, "act_head", out, capture_noop=True)
     out = out.astype(jnp.float32).reshape(b, f, hp, wp, ph, pw, cfg.out_dim)
-    flow = out.transpose(0, 1, 2, 4, 3, 5, 6).reshape(b, f, hl, wl, cfg.out_dim)  # [B, F, Hl, Wl, C]
-    return flow, chunk_kv, hook_out
+    out = out.transpose(0, 1, 2, 4, 3, 5, 6).reshape(b, f, hl, wl, cfg.out_dim)  # [B, F, Hl, Wl, C]
+    if cfg.prediction == "x0":  # the head predicts the clean sample: return the flow it implies
+      sigma = jnp.maximum(t.astype(jnp.float32) / 1000.0, X0_SIGMA_FLOOR)[:, :, None, None, None]  # [B, F, 1, 1, 1]
+      return (x.astype(jnp.float32) - out) / sigma, chunk_kv, hook_out
+    return out, chunk_kv, hook_out
 
   def forward_train(self, x: Array, t: Array, context: Array, *, chunk_frames: int = 3,
                     local_window_frames: int = -1) -> Array:

@@ -33,8 +33,10 @@ class TrainConfig:
 
   The model sees clips of `clip_frames` frames of the bouncing-shapes dataset in pixel space (in_dim = out_dim = 3),
   block-causally in chunks of `chunk_frames`: the chunks before a random frontier are clean context (no loss), the
-  others each at its own timestep drawn uniformly from the flow schedule's table (`shift`). The loss is the
-  flow-matching MSE on the noisy chunks.
+  others each at its own timestep drawn uniformly from the flow schedule's table (`shift`). The loss is an MSE on
+  the noisy chunks, of the flow (`loss="flow"`, the flow-matching loss) or of the clean-sample estimate
+  x0_hat = x_t - sigma * flow (`loss="x0"`, i.e. the flow loss weighted by sigma^2). Small pixel-space models learn
+  far better with `model.prediction="x0"` and `loss="x0"` (README, The demo model).
 
   init: a DiT checkpoint (rf_jax.dit, e.g. an earlier run's model/) to start from instead of a random
     initialisation (fine-tuning); its config must equal `model`.
@@ -47,6 +49,7 @@ class TrainConfig:
   clip_frames: int = 12
   chunk_frames: int = 3
   shift: float = 3.0
+  loss: str = "flow"
   ema_decay: float = 0.995
   compute_dtype: str = "float32"
   seed: int = 0  # parameters and noise
@@ -71,6 +74,8 @@ class TrainConfig:
       raise ValueError("TrainConfig: steps, batch, save_every, keep and log_every must be positive")
     if not 0 <= self.ema_decay < 1:
       raise ValueError(f"TrainConfig: 0 <= ema_decay < 1 (got {self.ema_decay})")
+    if self.loss not in ("flow", "x0"):
+      raise ValueError(f"TrainConfig.loss={self.loss!r}; expected 'flow' or 'x0'")
     if self.compute_dtype not in ("float32", "bfloat16"):
       raise ValueError(f"TrainConfig.compute_dtype={self.compute_dtype!r}; expected float32 or bfloat16")
 

@@ -6,6 +6,7 @@
 Per chunk c of a clip x0 [B, F, H, W, 3]: clean context (timestep 0, no loss) before a random frontier chunk, else a
 timestep t_c from the schedule's table (uniform index), sigma_c = sigma(t_c);
     x_t = (1 - sigma_c) x0 + sigma_c eps,   target flow = eps - x0,   loss = mean over noisy chunks |flow - target|^2
+(cfg.loss == "x0": of sigma_c * (flow - target) = x0_hat - x0 instead, x0_hat = x_t - sigma_c * flow).
 The model sees all chunks at once with the block-causal mask (each chunk attends to itself and earlier chunks), the
 training-path forward of the reference (`forward_train`).
 """
@@ -100,12 +101,17 @@ def loss_fn(params, graphdef, cfg: TrainConfig, clips: Array, key: Array) -> tup
   t = jnp.repeat(t_chunk, cfg.chunk_frames, axis=1)  # [B, F]
   sched = FlowSchedule(shift=cfg.shift)
   eps = jax.random.normal(k_eps, clips.shape, jnp.float32)
-  x_t = sched.add_noise(clips, eps, t)
+  noisy_f = jnp.repeat(noisy, cfg.chunk_frames, axis=1)  # [B, F]
+  # (the schedule's table has no sigma 0: its nearest to t = 0 is ~0.003, so context frames are kept as they are)
+  x_t = jnp.where(noisy_f[:, :, None, None, None], sched.add_noise(clips, eps, t), clips)
   model = nnx.merge(graphdef, params)
   context = jnp.zeros((b, cfg.model.text_len, cfg.model.text_dim), jnp.float32)  # unconditional
   flow = model.forward_train(x_t, t, context, chunk_frames=cfg.chunk_frames).astype(jnp.float32)
-  err = jnp.mean(jnp.square(flow - (eps - clips)), axis=(2, 3, 4))  # [B, F]
-  weight = jnp.repeat(noisy, cfg.chunk_frames, axis=1).astype(jnp.float32)
+  diff = flow - (eps - clips)  # [B, F, H, W, 3]
+  if cfg.loss == "x0":  # x0_hat - x0 = -sigma * (flow - target)
+    diff = diff * sched.sigma(t)[:, :, None, None, None]
+  err = jnp.mean(jnp.square(diff), axis=(2, 3, 4))  # [B, F]
+  weight = noisy_f.astype(jnp.float32)
   loss = jnp.sum(err * weight) / jnp.sum(weight)
   return loss, {"noisy_fraction": jnp.mean(noisy.astype(jnp.float32))}
 

@@ -60,3 +60,22 @@ def test_memory_view_equals_block_causal_forward(reference):
                       jnp.tile(jnp.array([[False, True, True, True]]), (b, 1)))
   chunk1, _ = model(x[:, 3:], t[:, 3:], text, frame_pos=jnp.arange(3, 6), self_mask=None, memory=memory)
   np.testing.assert_allclose(np.asarray(chunk1), np.asarray(full[:, 3:]), rtol=1e-5, atol=1e-5)
+
+
+def test_x0_prediction_returns_the_flow_its_clean_sample_implies():
+  """prediction="x0": the same weights' head output is read as x0, and the model returns (x_t - x0) / max(t/1000,
+  0.05), the flow that x0 implies (so samplers written for flow models run it unchanged)."""
+  import dataclasses
+  from rf_jax.config import ModelConfig
+  from rf_jax.model import CausalWanDiT
+  cfg = ModelConfig(dim=32, ffn_dim=64, num_heads=2, num_layers=2, in_dim=3, out_dim=3, freq_dim=16, text_dim=8,
+                    text_len=2, patch_size=(1, 4, 4))
+  flow_model = CausalWanDiT(cfg, rngs=nnx.Rngs(0))
+  x0_model = CausalWanDiT(dataclasses.replace(cfg, prediction="x0"), rngs=nnx.Rngs(0))
+  x = jax.random.normal(jax.random.key(1), (2, 6, 8, 8, 3))
+  t = jnp.array([[900.0, 900, 900, 500, 500, 500], [20.0, 20, 20, 0, 0, 0]])
+  ctx = jnp.zeros((2, 2, 8))
+  head = np.asarray(flow_model.forward_train(x, t, ctx))  # the head's raw output (identical weights)
+  sigma = np.maximum(np.asarray(t) / 1000, 0.05)[:, :, None, None, None]
+  want = (np.asarray(x) - head) / sigma
+  np.testing.assert_allclose(np.asarray(x0_model.forward_train(x, t, ctx)), want, rtol=1e-5, atol=1e-5)

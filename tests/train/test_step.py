@@ -40,3 +40,40 @@ def test_init_starts_from_the_checkpoint_and_refuses_another_architecture(tiny, 
 def test_a_missing_init_checkpoint_is_named(tiny, tmp_path):
   with pytest.raises((FileNotFoundError, ValueError), match="nowhere"):
     step_mod.initial_params(dataclasses.replace(tiny, init=str(tmp_path / "nowhere")))
+
+
+@pytest.mark.parametrize("loss", ["flow", "x0"])
+def test_the_loss_is_the_mse_of_the_flow_or_of_the_clean_sample_estimate(tiny, loss, monkeypatch):
+  """With a model whose flow is 0, the loss follows from the inputs it was shown alone: x_t, t (0 = clean context)
+  and the clip. loss="flow": mean over noisy frames of |eps - x0|^2, eps = (x_t - (1 - sigma) x0) / sigma;
+  loss="x0": of |x0_hat - x0|^2 with x0_hat = x_t - sigma * 0 = x_t."""
+  import jax.numpy as jnp
+  from rf_jax.model import CausalWanDiT
+  from rf_jax.sampling.schedule import FlowSchedule
+  cfg = dataclasses.replace(tiny, loss=loss)
+  seen = {}
+
+  def zero_flow(self, x, t, context, *, chunk_frames=3, local_window_frames=-1):
+    seen["x"], seen["t"] = np.asarray(x, np.float64), np.asarray(t, np.float64)
+    return jnp.zeros_like(x)
+
+  monkeypatch.setattr(CausalWanDiT, "forward_train", zero_flow)
+  clips = jnp.asarray(np.random.default_rng(0).uniform(-1, 1, (3, cfg.clip_frames, 16, 16, 3)), jnp.float32)
+  got, _ = step_mod.loss_fn(step_mod.initial_params(cfg), step_mod._graphdef(cfg), cfg, clips, jax.random.key(3))
+  x, t, x0 = seen["x"], seen["t"], np.asarray(clips, np.float64)
+  sigmas, timesteps = FlowSchedule(shift=cfg.shift).tables()
+  sigma = np.interp(t, timesteps[::-1], sigmas[::-1])[:, :, None, None, None]  # exact at table timesteps
+  noisy = t > 0
+  assert noisy.any() and (~noisy).any() or noisy.all()
+  if loss == "flow":
+    per = np.where(noisy[:, :, None, None, None], (x - (1 - sigma) * x0) / np.maximum(sigma, 1e-9) - x0, 0.0)
+  else:
+    per = np.where(noisy[:, :, None, None, None], x - x0, 0.0)
+  want = np.sum(np.mean(per**2, axis=(2, 3, 4))) / np.sum(noisy)
+  np.testing.assert_allclose(float(got), want, rtol=1e-4)
+  np.testing.assert_array_equal(x[~noisy], x0[~noisy])  # clean context is shown as it is
+
+
+def test_an_unknown_loss_is_refused(tiny):
+  with pytest.raises(ValueError, match="TrainConfig.loss='eps'"):
+    dataclasses.replace(tiny, loss="eps")
