@@ -38,6 +38,9 @@ class TrainConfig:
   x0_hat = x_t - sigma * flow (`loss="x0"`, i.e. the flow loss weighted by sigma^2). Small pixel-space models learn
   far better with `model.prediction="x0"` and `loss="x0"` (README, The demo model).
 
+  self_context: the fraction of clips whose clean context frames show the model's own one-step reconstruction of a
+    copy noised to a sigma drawn uniformly in `self_context_sigma` (against exposure bias; 0 = off; costs one more
+    forward pass per step).
   init: a DiT checkpoint (rf_jax.dit, e.g. an earlier run's model/) to start from instead of a random
     initialisation (fine-tuning); its config must equal `model`.
   """
@@ -57,6 +60,8 @@ class TrainConfig:
   save_every: int = 200
   keep: int = 3
   log_every: int = 10
+  self_context: float = 0.0
+  self_context_sigma: tuple[float, float] = (0.2, 0.6)
   init: str | None = None
 
   def __post_init__(self):
@@ -74,6 +79,10 @@ class TrainConfig:
       raise ValueError("TrainConfig: steps, batch, save_every, keep and log_every must be positive")
     if not 0 <= self.ema_decay < 1:
       raise ValueError(f"TrainConfig: 0 <= ema_decay < 1 (got {self.ema_decay})")
+    lo, hi = self.self_context_sigma
+    if not 0 <= self.self_context <= 1 or not 0 < lo <= hi <= 1:
+      raise ValueError(f"TrainConfig: 0 <= self_context <= 1 and 0 < self_context_sigma[0] <= [1] <= 1 are needed "
+                       f"(got {self.self_context}, {self.self_context_sigma})")
     if self.loss not in ("flow", "x0"):
       raise ValueError(f"TrainConfig.loss={self.loss!r}; expected 'flow' or 'x0'")
     if self.compute_dtype not in ("float32", "bfloat16"):

@@ -7,6 +7,11 @@ Per chunk c of a clip x0 [B, F, H, W, 3]: clean context (timestep 0, no loss) be
 timestep t_c from the schedule's table (uniform index), sigma_c = sigma(t_c);
     x_t = (1 - sigma_c) x0 + sigma_c eps,   target flow = eps - x0,   loss = mean over noisy chunks |flow - target|^2
 (cfg.loss == "x0": of sigma_c * (flow - target) = x0_hat - x0 instead, x0_hat = x_t - sigma_c * flow).
+
+Self-context (cfg.self_context > 0): for a random fraction of clips the clean context frames show the model's own
+one-step reconstruction of a noised copy of the clip (no gradient through it) instead of the clip; the noisy chunks
+and the target stay the real clip's. A rollout conditions on its own imperfect chunks, never on clean data: so the
+model learns to restore the shapes from such context rather than copy, and compound, its errors.
 The model sees all chunks at once with the block-causal mask (each chunk attends to itself and earlier chunks), the
 training-path forward of the reference (`forward_train`).
 """
@@ -102,10 +107,17 @@ def loss_fn(params, graphdef, cfg: TrainConfig, clips: Array, key: Array) -> tup
   sched = FlowSchedule(shift=cfg.shift)
   eps = jax.random.normal(k_eps, clips.shape, jnp.float32)
   noisy_f = jnp.repeat(noisy, cfg.chunk_frames, axis=1)  # [B, F]
-  # (the schedule's table has no sigma 0: its nearest to t = 0 is ~0.003, so context frames are kept as they are)
-  x_t = jnp.where(noisy_f[:, :, None, None, None], sched.add_noise(clips, eps, t), clips)
   model = nnx.merge(graphdef, params)
   context = jnp.zeros((b, cfg.model.text_len, cfg.model.text_dim), jnp.float32)  # unconditional
+  aux = {"noisy_fraction": jnp.mean(noisy.astype(jnp.float32))}
+  shown = clips  # what the clean context frames show
+  if cfg.self_context > 0:  # (static)
+    recon, use = _self_context(model, cfg, sched, clips, context, jax.random.fold_in(key, 1))
+    swap = use[:, None] & ~noisy_f  # [B, F]: the clean context frames of the chosen clips
+    shown = jnp.where(swap[:, :, None, None, None], recon, clips)
+    aux["self_context_fraction"] = jnp.mean(use.astype(jnp.float32))
+  # (the schedule's table has no sigma 0: its nearest to t = 0 is ~0.003, so context frames are kept as they are)
+  x_t = jnp.where(noisy_f[:, :, None, None, None], sched.add_noise(clips, eps, t), shown)
   flow = model.forward_train(x_t, t, context, chunk_frames=cfg.chunk_frames).astype(jnp.float32)
   diff = flow - (eps - clips)  # [B, F, H, W, 3]
   if cfg.loss == "x0":  # x0_hat - x0 = -sigma * (flow - target)
@@ -113,7 +125,21 @@ def loss_fn(params, graphdef, cfg: TrainConfig, clips: Array, key: Array) -> tup
   err = jnp.mean(jnp.square(diff), axis=(2, 3, 4))  # [B, F]
   weight = noisy_f.astype(jnp.float32)
   loss = jnp.sum(err * weight) / jnp.sum(weight)
-  return loss, {"noisy_fraction": jnp.mean(noisy.astype(jnp.float32))}
+  return loss, aux
+
+
+def _self_context(model, cfg: TrainConfig, sched: FlowSchedule, clips: Array, context: Array,
+                  key: Array) -> tuple[Array, Array]:
+  """(the model's one-step reconstruction x0_hat of each clip from a copy noised to a sigma drawn uniformly in
+  cfg.self_context_sigma [B, F, H, W, 3] (no gradient), which clips use it [B] bool (probability cfg.self_context))."""
+  b, f = clips.shape[:2]
+  k_sig, k_eps, k_use = jax.random.split(key, 3)
+  lo, hi = cfg.self_context_sigma
+  sigma = jax.random.uniform(k_sig, (b, 1), minval=lo, maxval=hi)
+  t = jnp.broadcast_to(sigma * sched.num_train_timesteps, (b, f))  # [B, F]
+  x_s = sched.add_noise(clips, jax.random.normal(k_eps, clips.shape, jnp.float32), t)
+  flow = jax.lax.stop_gradient(model.forward_train(x_s, t, context, chunk_frames=cfg.chunk_frames))
+  return sched.x0_from_flow(x_s, flow, t), jax.random.bernoulli(k_use, cfg.self_context, (b,))
 
 
 def train_step_fn(cfg: TrainConfig, graphdef, counter: list | None = None):

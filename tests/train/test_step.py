@@ -77,3 +77,64 @@ def test_the_loss_is_the_mse_of_the_flow_or_of_the_clean_sample_estimate(tiny, l
 def test_an_unknown_loss_is_refused(tiny):
   with pytest.raises(ValueError, match="TrainConfig.loss='eps'"):
     dataclasses.replace(tiny, loss="eps")
+
+
+def _clips(cfg, n=3):
+  import jax.numpy as jnp
+  return jnp.asarray(np.random.default_rng(0).uniform(-1, 1, (n, cfg.clip_frames, 16, 16, 3)), jnp.float32)
+
+
+def test_self_context_replaces_only_the_clean_context_frames(tiny, monkeypatch):
+  """The model is shown the reconstruction on the clean context frames of the chosen clips, and exactly what it is
+  shown without self-context everywhere else (same key: same noise levels and noise)."""
+  from rf_jax.model import CausalWanDiT
+  import jax.numpy as jnp
+  shown = []
+
+  def record(self, x, t, context, *, chunk_frames=3, local_window_frames=-1):
+    shown.append((np.asarray(x), np.asarray(t)))
+    return jnp.zeros_like(x)
+
+  cfg, clips = tiny, _clips(tiny)
+  params = step_mod.initial_params(cfg)
+  on = dataclasses.replace(cfg, self_context=1.0)
+  use = jnp.array([True, False, True])
+  monkeypatch.setattr(step_mod, "_self_context", lambda m, c, s, x, ctx, k: (x + 5.0, use))
+  monkeypatch.setattr(CausalWanDiT, "forward_train", record)
+  for key in (jax.random.key(1), jax.random.key(2), jax.random.key(5)):
+    shown.clear()
+    step_mod.loss_fn(params, step_mod._graphdef(cfg), cfg, clips, key)
+    step_mod.loss_fn(params, step_mod._graphdef(on), on, clips, key)
+    (x_off, t_off), (x_on, t_on) = shown
+    np.testing.assert_array_equal(t_on, t_off)
+    swap = np.asarray(use)[:, None] & (t_off == 0)  # [B, F]
+    np.testing.assert_array_equal(x_on[swap], np.asarray(clips)[swap] + 5.0)
+    np.testing.assert_array_equal(x_on[~swap], x_off[~swap])
+
+
+def test_no_gradient_flows_through_the_self_context_reconstruction(tiny, monkeypatch):
+  """The gradient with the reconstruction computed inside the step equals the one with the same reconstruction fed
+  in as a constant."""
+  import jax.numpy as jnp
+  from flax import nnx
+  from rf_jax.sampling.schedule import FlowSchedule
+  cfg = dataclasses.replace(tiny, self_context=1.0)
+  clips, key, graphdef = _clips(cfg), jax.random.key(3), step_mod._graphdef(cfg)
+  params = step_mod.initial_params(cfg)
+  loss = lambda p: step_mod.loss_fn(p, graphdef, cfg, clips, key)[0]  # noqa: E731
+  g = jax.grad(loss)(params)
+  ctx = jnp.zeros((clips.shape[0], cfg.model.text_len, cfg.model.text_dim))
+  recon, use = step_mod._self_context(nnx.merge(graphdef, params), cfg, FlowSchedule(shift=cfg.shift), clips, ctx,
+                                      jax.random.fold_in(key, 1))
+  assert bool(use.all()) and float(jnp.abs(recon - clips).mean()) > 0.01
+  monkeypatch.setattr(step_mod, "_self_context", lambda *a: (recon, use))
+  g_const = jax.grad(loss)(params)
+  for a, b in zip(jax.tree.leaves(g), jax.tree.leaves(g_const)):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-7)
+
+
+def test_bad_self_context_settings_are_refused(tiny):
+  with pytest.raises(ValueError, match="self_context"):
+    dataclasses.replace(tiny, self_context=1.5)
+  with pytest.raises(ValueError, match="self_context_sigma"):
+    dataclasses.replace(tiny, self_context_sigma=(0.5, 0.2))
