@@ -35,8 +35,10 @@ class TrainConfig:
   block-causally in chunks of `chunk_frames`: the chunks before a random frontier are clean context (no loss), the
   others each at its own timestep drawn uniformly from the flow schedule's table (`shift`). The loss is an MSE on
   the noisy chunks, of the flow (`loss="flow"`, the flow-matching loss) or of the clean-sample estimate
-  x0_hat = x_t - sigma * flow (`loss="x0"`, i.e. the flow loss weighted by sigma^2). Small pixel-space models learn
-  far better with `model.prediction="x0"` and `loss="x0"` (README, The demo model).
+  x0_hat = x_t - sigma * flow divided by max(sigma, `x0_loss_sigma_floor`) (`loss="x0"`: the flow loss at sigmas
+  above the floor, the clean-sample error weighted 1 / floor^2 below; floor 1 is the plain x0 MSE, which favours
+  the high noise levels that lay out a frame, a lower floor gives the fine detail of low sigmas more weight). Small
+  pixel-space models learn far better with `model.prediction="x0"` and `loss="x0"` (README, The demo model).
 
   self_context: the fraction of clips whose clean context frames show the model's own one-step reconstruction of a
     copy noised to a sigma drawn uniformly in `self_context_sigma` (against exposure bias; 0 = off; costs one more
@@ -53,6 +55,7 @@ class TrainConfig:
   chunk_frames: int = 3
   shift: float = 3.0
   loss: str = "flow"
+  x0_loss_sigma_floor: float = 1.0
   ema_decay: float = 0.995
   compute_dtype: str = "float32"
   seed: int = 0  # parameters and noise
@@ -85,6 +88,8 @@ class TrainConfig:
                        f"(got {self.self_context}, {self.self_context_sigma})")
     if self.loss not in ("flow", "x0"):
       raise ValueError(f"TrainConfig.loss={self.loss!r}; expected 'flow' or 'x0'")
+    if not 0 < self.x0_loss_sigma_floor <= 1:
+      raise ValueError(f"TrainConfig.x0_loss_sigma_floor={self.x0_loss_sigma_floor} must be in (0, 1]")
     if self.compute_dtype not in ("float32", "bfloat16"):
       raise ValueError(f"TrainConfig.compute_dtype={self.compute_dtype!r}; expected float32 or bfloat16")
 

@@ -6,7 +6,8 @@
 Per chunk c of a clip x0 [B, F, H, W, 3]: clean context (timestep 0, no loss) before a random frontier chunk, else a
 timestep t_c from the schedule's table (uniform index), sigma_c = sigma(t_c);
     x_t = (1 - sigma_c) x0 + sigma_c eps,   target flow = eps - x0,   loss = mean over noisy chunks |flow - target|^2
-(cfg.loss == "x0": of sigma_c * (flow - target) = x0_hat - x0 instead, x0_hat = x_t - sigma_c * flow).
+(cfg.loss == "x0": of (x0_hat - x0) / max(sigma_c, floor) instead, x0_hat = x_t - sigma_c * flow: the flow loss
+where sigma_c >= floor, the clean-sample error scaled by 1 / floor below; floor 1 is the plain x0 MSE).
 
 Self-context (cfg.self_context > 0): for a random fraction of clips the clean context frames show the model's own
 one-step reconstruction of a noised copy of the clip (no gradient through it) instead of the clip; the noisy chunks
@@ -120,8 +121,9 @@ def loss_fn(params, graphdef, cfg: TrainConfig, clips: Array, key: Array) -> tup
   x_t = jnp.where(noisy_f[:, :, None, None, None], sched.add_noise(clips, eps, t), shown)
   flow = model.forward_train(x_t, t, context, chunk_frames=cfg.chunk_frames).astype(jnp.float32)
   diff = flow - (eps - clips)  # [B, F, H, W, 3]
-  if cfg.loss == "x0":  # x0_hat - x0 = -sigma * (flow - target)
-    diff = diff * sched.sigma(t)[:, :, None, None, None]
+  if cfg.loss == "x0":  # x0_hat - x0 = -sigma * (flow - target), over max(sigma, floor)
+    sigma = sched.sigma(t)[:, :, None, None, None]
+    diff = diff * sigma / jnp.maximum(sigma, cfg.x0_loss_sigma_floor)
   err = jnp.mean(jnp.square(diff), axis=(2, 3, 4))  # [B, F]
   weight = noisy_f.astype(jnp.float32)
   loss = jnp.sum(err * weight) / jnp.sum(weight)

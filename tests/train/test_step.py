@@ -42,15 +42,15 @@ def test_a_missing_init_checkpoint_is_named(tiny, tmp_path):
     step_mod.initial_params(dataclasses.replace(tiny, init=str(tmp_path / "nowhere")))
 
 
-@pytest.mark.parametrize("loss", ["flow", "x0"])
-def test_the_loss_is_the_mse_of_the_flow_or_of_the_clean_sample_estimate(tiny, loss, monkeypatch):
+@pytest.mark.parametrize("loss,floor", [("flow", 1.0), ("x0", 1.0), ("x0", 0.3)])
+def test_the_loss_is_the_mse_of_the_flow_or_of_the_clean_sample_estimate(tiny, loss, floor, monkeypatch):
   """With a model whose flow is 0, the loss follows from the inputs it was shown alone: x_t, t (0 = clean context)
   and the clip. loss="flow": mean over noisy frames of |eps - x0|^2, eps = (x_t - (1 - sigma) x0) / sigma;
-  loss="x0": of |x0_hat - x0|^2 with x0_hat = x_t - sigma * 0 = x_t."""
+  loss="x0": of |(x0_hat - x0) / max(sigma, floor)|^2 with x0_hat = x_t - sigma * 0 = x_t."""
   import jax.numpy as jnp
   from rf_jax.model import CausalWanDiT
   from rf_jax.sampling.schedule import FlowSchedule
-  cfg = dataclasses.replace(tiny, loss=loss)
+  cfg = dataclasses.replace(tiny, loss=loss, x0_loss_sigma_floor=floor)
   seen = {}
 
   def zero_flow(self, x, t, context, *, chunk_frames=3, local_window_frames=-1):
@@ -68,15 +68,17 @@ def test_the_loss_is_the_mse_of_the_flow_or_of_the_clean_sample_estimate(tiny, l
   if loss == "flow":
     per = np.where(noisy[:, :, None, None, None], (x - (1 - sigma) * x0) / np.maximum(sigma, 1e-9) - x0, 0.0)
   else:
-    per = np.where(noisy[:, :, None, None, None], x - x0, 0.0)
+    per = np.where(noisy[:, :, None, None, None], (x - x0) / np.maximum(sigma, floor), 0.0)
   want = np.sum(np.mean(per**2, axis=(2, 3, 4))) / np.sum(noisy)
   np.testing.assert_allclose(float(got), want, rtol=1e-4)
   np.testing.assert_array_equal(x[~noisy], x0[~noisy])  # clean context is shown as it is
 
 
-def test_an_unknown_loss_is_refused(tiny):
+def test_an_unknown_loss_or_a_bad_floor_is_refused(tiny):
   with pytest.raises(ValueError, match="TrainConfig.loss='eps'"):
     dataclasses.replace(tiny, loss="eps")
+  with pytest.raises(ValueError, match="x0_loss_sigma_floor=0"):
+    dataclasses.replace(tiny, loss="x0", x0_loss_sigma_floor=0.0)
 
 
 def _clips(cfg, n=3):
