@@ -5,8 +5,9 @@
 Each policy rolls out `--samples` videos of `--frames` frames (480 = 30 s at 16 fps) from the same seeds; the
 dataset's own clips of the same length are the reference row. Per frame:
   motion       mean |frame - previous frame| (pixels in [0, 1]): is it still moving?
-  consistency  colour-histogram intersection with frame 0 (1 = the same colours in the same amounts): do the shapes
-               keep their identity, count and size, or melt, vanish or multiply?
+  consistency  how much of frame 0's shapes' colours is still there (foreground-colour histogram intersected with
+               frame 0's, over frame 0's foreground; rf_jax.data.shapes.shape_curves): do the shapes keep their
+               colour and size, or shrink, fade, vanish or change colour?
   foreground   fraction of pixels far from the background colour, relative to frame 0
 Printed as one JSON line per policy (device, versions, commit, steady ms per chunk apart from compile), plotted
 into study.png and frame strips strip_<policy>.png.
@@ -27,7 +28,7 @@ import numpy as np
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from rf_jax import demo  # noqa: E402
-from rf_jax.data.shapes import ShapesConfig, shapes_clip  # noqa: E402
+from rf_jax.data.shapes import ShapesConfig, shape_curves, shapes_clip  # noqa: E402
 from rf_jax.memory import RelaxPolicy, SlowFastPolicy, WindowPolicy  # noqa: E402
 from rf_jax.runinfo import git_commit  # noqa: E402
 from rf_jax.sampling import Rollout, Sampler  # noqa: E402
@@ -42,17 +43,11 @@ POLICIES = {
 
 
 def per_frame(videos: np.ndarray, background: np.ndarray) -> dict[str, np.ndarray]:
-  """videos [B, T, H, W, 3] in [-1, 1] -> per-frame curves averaged over samples, each [T - 1] or [T]."""
-  px = (np.clip(videos, -1, 1) + 1) / 2
-  motion = np.abs(np.diff(px, axis=1)).mean(axis=(2, 3, 4))  # [B, T-1]
-  q = np.minimum((px * 4).astype(np.int32), 3)
-  codes = q[..., 0] * 16 + q[..., 1] * 4 + q[..., 2]  # [B, T, H, W]
-  hist = np.stack([np.stack([np.bincount(f.ravel(), minlength=64) for f in clip]) for clip in codes])
-  hist = hist / hist.sum(-1, keepdims=True)
-  consistency = np.minimum(hist, hist[:, :1]).sum(-1)  # [B, T]
-  fg = (np.abs(px - (background + 1) / 2).max(-1) > 0.25).mean(axis=(2, 3))  # [B, T]
-  foreground = fg / np.maximum(fg[:, :1], 1e-6)
-  return {"motion": motion.mean(0), "consistency": consistency.mean(0), "foreground": foreground.mean(0)}
+  """videos [B, T, H, W, 3] in [-1, 1] -> per-frame curves averaged over samples (`shape_curves`; foreground
+  relative to frame 0's)."""
+  c = shape_curves(videos, (background + 1) / 2)
+  foreground = c["foreground"] / np.maximum(c["foreground"][:, :1], 1e-6)
+  return {"motion": c["motion"].mean(0), "consistency": c["consistency"].mean(0), "foreground": foreground.mean(0)}
 
 
 def summarise(curves: dict[str, np.ndarray], fps: int) -> dict[str, float]:
@@ -135,7 +130,7 @@ def main(argv=None) -> int:
       ax.plot((np.arange(len(y)) + k) / fps, y, lw=1.2 if name != "dataset" else 2.0,
               color="black" if name == "dataset" else None, ls="--" if name == "dataset" else "-", label=name)
   axes[0].set_ylabel("motion")
-  axes[1].set_ylabel("colour consistency\nwith frame 0")
+  axes[1].set_ylabel("frame 0's shape colours\nstill present")
   axes[2].set_ylabel("foreground\n(x frame 0)")
   axes[2].set_xlabel("seconds")
   axes[0].legend(fontsize=7, ncol=2)

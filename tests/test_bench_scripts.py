@@ -77,3 +77,28 @@ def test_demo_diagnostics_on_a_tiny_model(tmp_path):
   assert all(abs(r["copy_last_frame_error"] - copy_last) < 1e-4 for r in rows if r["test"] != "rollout")
   assert all(len(r["foreground_per_chunk"]) == 2 for r in rows if r["test"] == "rollout")
   assert open(tmp_path / "diag" / "rollout.png", "rb").read(4) == b"\x89PNG"
+
+
+def test_memory_study_on_a_tiny_random_demo(tmp_path):
+  """The study runs end to end on a small random model written as a demo folder: one line per policy and the
+  dataset, the plot and a strip per policy."""
+  from flax import nnx
+  from rf_jax import demo
+  from rf_jax.config import ModelConfig
+  from rf_jax.model import CausalWanDiT
+  cfg = ModelConfig(dim=32, ffn_dim=64, num_heads=2, num_layers=2, in_dim=3, out_dim=3, freq_dim=16, text_dim=8,
+                    text_len=2, patch_size=(1, 4, 4), prediction="x0")
+  folder = str(tmp_path / "demo")
+  demo.write_demo(folder, cfg, nnx.to_pure_dict(nnx.state(CausalWanDiT(cfg, rngs=nnx.Rngs(0)), nnx.Param)),
+                  {"sampler": {"steps": [1000, 500], "shift": 3.0, "eta": 0.0}, "frame_hw": [16, 16],
+                   "default_frames": 12, "fps": 4})
+  out = tmp_path / "study"
+  rows = run_script("scripts/memory_study.py", "--demo", folder, "--frames", "24", "--samples", "1",
+                    "--out", str(out))
+  assert rows[0]["policy"] == "dataset" and len(rows) == 6
+  for r in rows:
+    assert {"device", "jax", "commit", "motion_first5s", "consistency_last5s", "foreground_last5s"} <= r.keys()
+  for r in rows[1:]:
+    assert r["compile_count"] == 1 and r["steady_ms_per_chunk"] > 0
+  assert rows[0]["consistency_first5s"] > 0.8  # the dataset keeps its shapes
+  assert (out / "study.png").exists() and len(list(out.glob("strip_*.png"))) == 6

@@ -95,3 +95,30 @@ def shapes_clip(config: ShapesConfig, *, seed: int, index: int, start_frame: int
 def shapes_batch(config: ShapesConfig, *, seed: int, indices, frames: int | None = None) -> np.ndarray:
   """[len(indices), frames (default config.frames), H, W, 3]: the first frames of each clip."""
   return np.stack([shapes_clip(config, seed=seed, index=int(i), frames=frames) for i in indices])
+
+
+def shape_curves(videos: np.ndarray, background=ShapesConfig.background) -> dict[str, np.ndarray]:
+  """Per-frame measures of a bouncing-shapes video (the dataset's or a model's), videos [B, T, H, W, 3] in [-1, 1]:
+
+    motion       [B, T-1] mean |frame - previous frame| on [0, 1] pixels: is it still moving?
+    foreground   [B, T]   fraction of pixels farther than 0.25 (on [0, 1]) from the background colour
+    consistency  [B, T]   how much of frame 0's shapes' colours is still there: the histogram (4 levels per channel)
+                          of foreground pixels, intersected with frame 0's and divided by frame 0's foreground count.
+                          1 when every colour keeps at least its pixels; it falls as shapes shrink, fade, vanish or
+                          change colour (new colours do not raise it), and stays near 1 for the dataset's clips
+                          (occlusion aside).
+  """
+  px = (np.clip(np.asarray(videos, np.float32), -1, 1) + 1) / 2
+  bg = np.asarray(background, np.float32)
+  fg = np.abs(px - bg).max(-1) > 0.25  # [B, T, H, W]
+  q = np.minimum((px * 4).astype(np.int32), 3)
+  codes = np.where(fg, q[..., 0] * 16 + q[..., 1] * 4 + q[..., 2], 64)  # 64: background
+  b, t = codes.shape[:2]
+  hist = np.zeros((b, t, 65), np.float32)
+  for i in range(b):
+    for j in range(t):
+      hist[i, j] = np.bincount(codes[i, j].ravel(), minlength=65)
+  hist = hist[..., :64]
+  consistency = np.minimum(hist, hist[:, :1]).sum(-1) / np.maximum(hist[:, :1].sum(-1), 1.0)
+  return {"motion": np.abs(np.diff(px, axis=1)).mean(axis=(2, 3, 4)), "foreground": fg.mean(axis=(2, 3)),
+          "consistency": consistency}

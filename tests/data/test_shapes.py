@@ -44,3 +44,25 @@ def test_bounces_stay_inside_and_reflect():
 def test_bad_settings_are_refused():
   with pytest.raises(ValueError, match="radius"):
     ShapesConfig(size=16, radius=(2.0, 9.0))
+
+
+def test_shape_curves_hold_on_the_dataset_and_fall_when_shapes_fade_vanish_or_change_colour():
+  from rf_jax.data.shapes import shape_curves
+  cfg = ShapesConfig(frames=24)
+  clips = np.stack([shapes_clip(cfg, seed=4, index=i) for i in range(4)])
+  c = shape_curves(clips)
+  assert c["motion"].shape == (4, 23) and c["foreground"].shape == c["consistency"].shape == (4, 24)
+  np.testing.assert_allclose(c["consistency"][:, 0], 1.0)
+  assert c["consistency"].mean() > 0.85 and c["motion"].min() > 0
+  bg = np.asarray(cfg.background, np.float32) * 2 - 1
+  gone = clips.copy()
+  gone[:, 12:] = bg  # the shapes vanish half-way
+  g = shape_curves(gone)
+  assert np.all(g["consistency"][:, 12:] == 0) and np.all(g["foreground"][:, 12:] == 0)
+  assert np.all(g["motion"][:, 12:] == 0)
+  faded = clips.copy()
+  faded[:, 12:] = bg + 0.3 * (clips[:, 12:] - bg)  # 70% towards the background
+  assert shape_curves(faded)["consistency"][:, 12:].mean() < 0.2
+  recoloured = clips.copy()
+  recoloured[:, 12:] = clips[:, 12:, :, :, [1, 2, 0]]  # RGB -> GBR: same shapes, other colours (white stays)
+  assert shape_curves(recoloured)["consistency"][:, 12:].mean() < 0.6
