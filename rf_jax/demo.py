@@ -62,3 +62,34 @@ def write_demo(folder: str, config, params: dict, info: dict[str, Any]) -> None:
   flat = {".".join(map(str, p)): np.ascontiguousarray(np.asarray(v, np.float32)) for p, v in flatten(params).items()}
   save_file(flat, os.path.join(folder, "model.safetensors"))
   write_json_atomic(os.path.join(folder, "demo.json"), {"model": config.to_dict(), **info})
+
+
+def rollout_check(model, info: dict[str, Any], *, policy=None, frames: int = 96, samples: int = 4,
+                  seed: int = 0, last: int = 32) -> dict[str, float]:
+  """How the demo's own rollouts compare with the dataset over their last `last` frames: `samples` videos of
+  `frames` frames (default policy: Relax Forcing, as `rf-jax generate`) against as many dataset clips.
+
+  motion_vs_data      mean per-frame motion / the dataset's
+  foreground_vs_data  fraction of shape pixels / the dataset's
+  consistency         frame 0's shape colours still present (`shape_curves`; the dataset's is given alongside)
+  """
+  import jax
+  import jax.numpy as jnp
+  from rf_jax.data.shapes import ShapesConfig, shape_curves, shapes_clip
+  from rf_jax.memory import RelaxPolicy
+  from rf_jax.sampling import Rollout, Sampler
+  s, (h, w) = info["sampler"], info["frame_hw"]
+  sampler = Sampler.from_steps(s["steps"], shift=s["shift"], eta=s.get("eta", 1.0), chunk_frames=3)
+  rollout = Rollout(model, policy or RelaxPolicy(), sampler, batch=samples, latent_hw=(h, w), frames=frames)
+  videos = np.asarray(rollout.run(jnp.zeros((samples, model.config.text_len, model.config.text_dim)),
+                                  key=jax.random.key(seed))[0])
+  data_cfg = ShapesConfig(size=h, frames=frames)
+  data = np.stack([shapes_clip(data_cfg, seed=999, index=i) for i in range(samples)])
+  got, want = shape_curves(videos), shape_curves(data)
+  tail = slice(-last, None)
+  mean = lambda c, k: float(c[k][:, tail].mean())  # noqa: E731
+  return {"frames": frames, "samples": samples, "last_frames": last,
+          "motion_vs_data": round(mean(got, "motion") / mean(want, "motion"), 4),
+          "foreground_vs_data": round(mean(got, "foreground") / mean(want, "foreground"), 4),
+          "consistency": round(mean(got, "consistency"), 4),
+          "data_consistency": round(mean(want, "consistency"), 4)}

@@ -15,10 +15,10 @@ STAGE2 = load_train_config(os.path.join(os.path.dirname(os.path.abspath(__file__
 TRAIN = dataclasses.replace(
     STAGE2,
     optim=OptimConfig(lr=2e-4, warmup_steps=30, end_lr_ratio=0.1, weight_decay=0.01, clip_norm=1.0),
-    steps=1800,
+    steps=700,
     x0_loss_sigma_floor=0.3,
     self_context=0.5,
     ema_decay=0.99,
-    save_every=600,
+    save_every=350,
     init=os.environ.get("RF_JAX_DEMO_STAGE2", "runs/demo/model"),
 )
