@@ -60,17 +60,21 @@ def test_the_demo_takes_no_prompt_and_a_missing_demo_is_named(demo_dir, tmp_path
   assert "the demo model is not installed" in capsys.readouterr().err
 
 
-# The shipped model, against the dataset over the last 2 s of 6-second videos (README, The demo model: what it does
-# and does not do). demo.json's "shipped_check" holds what make_demo.py measured; the floors sit below it.
-MOTION_FLOOR = None  # fraction of the dataset's motion
-CONSISTENCY_FLOOR = None  # of frame 0's shape colours still present (shape_curves); the dataset keeps ~0.9
+# The shipped model against the dataset, in the first second of its videos (README, The demo model: it does not
+# keep its shapes much longer). make_demo.py measured, into demo.json's "shipped_check": motion 0.70 and foreground
+# 0.54 of the dataset's, consistency 0.39 (the dataset's 0.85). The floors sit below; a model whose frames fade to
+# the background, or whose colours are not frame 0's, scores near 0 on the last two.
+MOTION_FLOOR = 0.4  # fraction of the dataset's motion
+FOREGROUND_FLOOR = 0.3  # fraction of the dataset's shape pixels
+CONSISTENCY_FLOOR = 0.25  # of frame 0's shape colours still present (shape_curves)
 
 
 @pytest.mark.skipif(not demo.available(), reason="no demo model is shipped in rf_jax/assets/demo")
-def test_the_shipped_demo_moves_and_keeps_its_shapes():
+def test_the_shipped_demo_moves_and_keeps_its_shapes_for_a_second():
   """Its own rollouts under `rf-jax generate`'s default memory (Relax Forcing) and its fitted sampler, 4 seeds of
-  96 frames, still move and still show frame 0's shapes at the end."""
+  96 frames, against 4 dataset clips over frames 3-15."""
   model, info = demo.load_demo()
-  got = demo.rollout_check(model, info, frames=96, samples=4, seed=0)
+  got = demo.rollout_check(model, info, frames=96, samples=4, seed=0)["first_second"]
   assert got["motion_vs_data"] >= MOTION_FLOOR, got
+  assert got["foreground_vs_data"] >= FOREGROUND_FLOOR, got
   assert got["consistency"] >= CONSISTENCY_FLOOR, got
