@@ -3,8 +3,9 @@ demo model (rf_jax/assets/demo/), with a few-step sampler fitted to it.
 
     python scripts/make_demo.py runs/demo_sc [--out rf_jax/assets/demo]
 
-Fitting: for each candidate sampler (denoising steps x schedule shift x re-noising eta), the EMA model rolls out `--samples` videos
-of 48 frames under Relax Forcing (what `rf-jax generate` runs), and the candidate is scored by how far its frames are from held-out dataset clips
+Fitting: for each candidate sampler (denoising steps x schedule shift x re-noising eta), the EMA model rolls out
+`--samples` videos of 48 frames under Relax Forcing (what `rf-jax generate` runs), and the candidate is scored by how
+far its frames are from held-out dataset clips
 (`score` = L1 distance of the mean colour histograms + |mean motion - data's| / data's + |foreground - data's| /
 data's, where foreground is the fraction of pixels far from the background colour: a sampler whose shapes fade
 into the background scores badly even though its colour histogram, mostly background, looks right).
@@ -56,7 +57,7 @@ def motion(clips: np.ndarray) -> float:
 
 
 def _run_summary(init: str | None) -> dict | None:
-  """Steps, seconds and commit of the training run whose model/ a stage started from (its train.json and log)."""
+  """Steps, seconds and commit of the training run whose model/ a stage started from (its log and model/meta.json)."""
   if init is None:
     return None
   run = os.path.dirname(os.path.abspath(init))
