@@ -69,10 +69,10 @@ FOREGROUND_FLOOR = 0.3  # fraction of the dataset's shape pixels
 CONSISTENCY_FLOOR = 0.25  # of frame 0's shape colours still present (shape_curves)
 
 
-@pytest.mark.skipif(not demo.available(), reason="no demo model is shipped in rf_jax/assets/demo")
 def test_the_shipped_demo_moves_and_keeps_its_shapes_for_a_second():
   """Its own rollouts under `rf-jax generate`'s default memory (Relax Forcing) and its fitted sampler, 4 seeds of
-  96 frames, against 4 dataset clips over frames 3-15."""
+  96 frames, against 4 dataset clips over frames 3-15. The demo is part of the package: missing, it fails."""
+  assert demo.available(), f"the shipped demo model is missing from {demo.ASSET_DIR}"
   model, info = demo.load_demo()
   got = demo.rollout_check(model, info, frames=96, samples=4, seed=0)["first_second"]
   assert got["motion_vs_data"] >= MOTION_FLOOR, got
