@@ -43,6 +43,10 @@ class TrainConfig:
   self_context: the fraction of clips whose clean context frames show the model's own one-step reconstruction of a
     copy noised to a sigma drawn uniformly in `self_context_sigma` (against exposure bias; 0 = off; costs one more
     forward pass per step).
+  context_fade: the fraction of clips whose clean context frames are faded towards the background colour,
+    bg + a (frame - bg), each frame by its own a drawn uniformly in [`context_fade_min`, 1] (0 = off). A rollout's
+    shapes fade a little with every chunk it conditions on its own output; shown faded context with full-strength
+    targets, the model learns to restore them instead of fading further (README, The demo model).
   init: a DiT checkpoint (rf_jax.dit, e.g. an earlier run's model/) to start from instead of a random
     initialisation (fine-tuning); its config must equal `model`.
   """
@@ -65,6 +69,8 @@ class TrainConfig:
   log_every: int = 10
   self_context: float = 0.0
   self_context_sigma: tuple[float, float] = (0.2, 0.6)
+  context_fade: float = 0.0
+  context_fade_min: float = 0.3
   init: str | None = None
 
   def __post_init__(self):
@@ -86,6 +92,9 @@ class TrainConfig:
     if not 0 <= self.self_context <= 1 or not 0 < lo <= hi <= 1:
       raise ValueError(f"TrainConfig: 0 <= self_context <= 1 and 0 < self_context_sigma[0] <= [1] <= 1 are needed "
                        f"(got {self.self_context}, {self.self_context_sigma})")
+    if not 0 <= self.context_fade <= 1 or not 0 <= self.context_fade_min <= 1:
+      raise ValueError(f"TrainConfig: 0 <= context_fade <= 1 and 0 <= context_fade_min <= 1 are needed (got "
+                       f"{self.context_fade}, {self.context_fade_min})")
     if self.loss not in ("flow", "x0"):
       raise ValueError(f"TrainConfig.loss={self.loss!r}; expected 'flow' or 'x0'")
     if not 0 < self.x0_loss_sigma_floor <= 1:

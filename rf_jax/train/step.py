@@ -13,6 +13,9 @@ Self-context (cfg.self_context > 0): for a random fraction of clips the clean co
 one-step reconstruction of a noised copy of the clip (no gradient through it) instead of the clip; the noisy chunks
 and the target stay the real clip's. A rollout conditions on its own imperfect chunks, never on clean data: so the
 model learns to restore the shapes from such context rather than copy, and compound, its errors.
+Context fade (cfg.context_fade > 0): for a random fraction of clips each clean context frame is faded towards the
+background colour by its own factor a in [context_fade_min, 1], bg + a (frame - bg); the noisy chunks and the target
+stay as they are. Against the slow fading of a rollout's shapes.
 The model sees all chunks at once with the block-causal mask (each chunk attends to itself and earlier chunks), the
 training-path forward of the reference (`forward_train`).
 """
@@ -117,6 +120,14 @@ def loss_fn(params, graphdef, cfg: TrainConfig, clips: Array, key: Array) -> tup
     swap = use[:, None] & ~noisy_f  # [B, F]: the clean context frames of the chosen clips
     shown = jnp.where(swap[:, :, None, None, None], recon, clips)
     aux["self_context_fraction"] = jnp.mean(use.astype(jnp.float32))
+  if cfg.context_fade > 0:  # (static) fade clean context frames towards the background colour
+    k_use, k_a = jax.random.split(jax.random.fold_in(key, 2))
+    use = jax.random.bernoulli(k_use, cfg.context_fade, (b,))
+    a = jax.random.uniform(k_a, (b, f), minval=cfg.context_fade_min, maxval=1.0)  # [B, F]
+    a = jnp.where(use[:, None] & ~noisy_f, a, 1.0)[:, :, None, None, None]
+    bg = jnp.asarray(cfg.data.background, jnp.float32) * 2 - 1
+    shown = bg + a * (shown - bg)
+    aux["context_fade_fraction"] = jnp.mean(use.astype(jnp.float32))
   # (the schedule's table has no sigma 0: its nearest to t = 0 is ~0.003, so context frames are kept as they are)
   x_t = jnp.where(noisy_f[:, :, None, None, None], sched.add_noise(clips, eps, t), shown)
   flow = model.forward_train(x_t, t, context, chunk_frames=cfg.chunk_frames).astype(jnp.float32)

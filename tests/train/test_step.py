@@ -140,3 +140,61 @@ def test_bad_self_context_settings_are_refused(tiny):
     dataclasses.replace(tiny, self_context=1.5)
   with pytest.raises(ValueError, match="self_context_sigma"):
     dataclasses.replace(tiny, self_context_sigma=(0.5, 0.2))
+
+
+def test_context_fade_fades_only_the_clean_context_frames_towards_the_background(tiny, monkeypatch):
+  """With context_fade=1 every clean context frame is bg + a (clip - bg) with one a in [min, 1] per frame (read back
+  from the pixels); everything else is what the model is shown without it (same key)."""
+  from rf_jax.model import CausalWanDiT
+  import jax.numpy as jnp
+  shown = []
+
+  def record(self, x, t, context, *, chunk_frames=3, local_window_frames=-1):
+    shown.append((np.asarray(x, np.float64), np.asarray(t)))
+    return jnp.zeros_like(x)
+
+  cfg = dataclasses.replace(tiny, clip_frames=12)
+  on = dataclasses.replace(cfg, context_fade=1.0, context_fade_min=0.25)
+  clips = _clips(cfg, n=4)
+  params = step_mod.initial_params(cfg)
+  monkeypatch.setattr(CausalWanDiT, "forward_train", record)
+  bg = np.asarray(cfg.data.background, np.float64) * 2 - 1
+  factors = []
+  for key in (jax.random.key(1), jax.random.key(2)):
+    shown.clear()
+    step_mod.loss_fn(params, step_mod._graphdef(cfg), cfg, clips, key)
+    _, aux = step_mod.loss_fn(params, step_mod._graphdef(on), on, clips, key)
+    assert float(aux["context_fade_fraction"]) == 1.0
+    (x_off, t_off), (x_on, t_on) = shown
+    np.testing.assert_array_equal(t_on, t_off)
+    clean = t_off == 0  # [B, F]
+    assert clean.any()
+    np.testing.assert_array_equal(x_on[~clean], x_off[~clean])
+    c = np.asarray(clips, np.float64)
+    for b, f in zip(*np.nonzero(clean)):
+      d = c[b, f] - bg
+      a = np.sum((x_on[b, f] - bg) * d) / np.sum(d * d)  # least squares; then it must fit every pixel
+      np.testing.assert_allclose(x_on[b, f], bg + a * d, atol=1e-5)
+      factors.append(a)
+  factors = np.asarray(factors)
+  assert factors.min() >= 0.25 - 1e-6 and factors.max() <= 1 + 1e-6 and factors.std() > 0.05
+
+
+def test_bad_context_fade_settings_are_refused(tiny):
+  with pytest.raises(ValueError, match="context_fade"):
+    dataclasses.replace(tiny, context_fade=1.5)
+  with pytest.raises(ValueError, match="context_fade_min"):
+    dataclasses.replace(tiny, context_fade_min=-0.1)
+
+
+def test_the_demo_training_stages_chain_one_model(monkeypatch):
+  """configs/train/demo_base.py -> demo.py -> demo_sc.py -> demo_fade.py: each stage starts from the previous one's
+  model/ (as the README's commands write them) and has its architecture, which `init` requires."""
+  for var in ("RF_JAX_DEMO_BASE", "RF_JAX_DEMO_STAGE2", "RF_JAX_DEMO_STAGE3"):
+    monkeypatch.delenv(var, raising=False)
+  root = os.path.join(HERE, "..", "..", "configs", "train")
+  stages = [load_train_config(os.path.join(root, f"{name}.py")) for name in ("demo_base", "demo", "demo_sc", "demo_fade")]
+  assert stages[0].init is None
+  for prev_out, stage in zip(("runs/demo_base", "runs/demo", "runs/demo_sc"), stages[1:]):
+    assert stage.init == f"{prev_out}/model" and stage.model == stages[0].model
+  assert stages[3].context_fade > 0 and stages[3].model.prediction == "x0"
