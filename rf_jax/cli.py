@@ -236,11 +236,6 @@ def cmd_generate(args) -> int:
   prompts = read_prompts(args)
   if prompts and args.text_embeddings:
     raise ValueError("give text as --prompt/--prompts or as --text-embeddings, not both")
-  block = {"policy": args.memory}
-  for attr, key in _POLICY_FLAGS.items():
-    if getattr(args, attr) is not None:
-      block[key] = getattr(args, attr)
-  policy = policy_from_dict(block, source="--memory options")
   demo_info = None
   if args.checkpoint is None and args.preset is None:  # the built-in demo model
     from rf_jax import demo
@@ -248,6 +243,16 @@ def cmd_generate(args) -> int:
     if prompts or args.text_embeddings:
       raise ValueError("the built-in demo model is unconditional (trained without text); --prompt and "
                        "--text-embeddings need --checkpoint or --preset")
+  # Without --memory: the demo's own memory (demo.json) for the demo, Relax Forcing's defaults otherwise; the memory
+  # flags given override its settings.
+  if args.memory is None and demo_info is not None and "memory" in demo_info:
+    block = dict(demo_info["memory"])
+  else:
+    block = {"policy": args.memory or "relax"}
+  for attr, key in _POLICY_FLAGS.items():
+    if getattr(args, attr) is not None:
+      block[key] = getattr(args, attr)
+  policy = policy_from_dict(block, source="--memory options")
   sources = pipeline.resolve_sources(args.checkpoint, args.preset, text_encoder=args.text_encoder,
                                      tokenizer=args.tokenizer, vae=args.vae)
   if demo_info is not None:
@@ -380,7 +385,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "`rf-jax convert`: DiT, text encoder, tokenizer and VAE)")
   src.add_argument("--preset", help="random weights of a preset (tiny: with a random tiny text encoder, VAE and a "
                    "built-in byte tokenizer); with neither --checkpoint nor --preset: the built-in demo model")
-  p.add_argument("--memory", choices=["window", "relax", "slow_fast"], default="relax")
+  p.add_argument("--memory", choices=["window", "relax", "slow_fast"],
+                 help="the KV-memory policy (default: relax; for the built-in demo, the memory in its demo.json)")
   g = p.add_argument_group("memory options (each policy takes its own; see README)")
   g.add_argument("--window-frames", type=int, help="window: frames attended incl. the chunk; -1 = all")
   g.add_argument("--sink-frames", type=int, help="window / relax / slow_fast: frames kept from the start")

@@ -2,7 +2,8 @@
 dataset, in pixel space (32x32 RGB frames, one frame per "latent" frame), unconditional (its text context is zeros).
 
 Shipped in the package as rf_jax/assets/demo/{model.safetensors, demo.json}: float32 EMA weights by Flax path, and
-the model config, the few-step sampler fitted to it and where it came from. `rf-jax generate` uses it when no
+the model config, the few-step sampler fitted to it, the memory policy it runs with (`memory`) and where it came
+from. `rf-jax generate` uses it when no
 --checkpoint or --preset is given. Loading reads tensors only (safetensors): nothing is unpickled.
 """
 
@@ -67,8 +68,9 @@ def write_demo(folder: str, config, params: dict, info: dict[str, Any]) -> None:
 def rollout_check(model, info: dict[str, Any], *, policy=None, frames: int = 96, samples: int = 4,
                   seed: int = 0, last: int = 32) -> dict[str, float]:
   """How the demo's own rollouts compare with the dataset in their first second (frames 3-15: after the first
-  chunk) and over their last `last` frames: `samples` videos of `frames` frames (default policy: Relax Forcing, as
-  `rf-jax generate`) against as many dataset clips.
+  chunk) and over their last `last` frames: `samples` videos of `frames` frames (default policy: the demo's memory,
+  info["memory"], as `rf-jax generate` runs it; Relax Forcing's defaults when info has none) against as many dataset
+  clips.
 
   motion_vs_data      mean per-frame motion / the dataset's
   foreground_vs_data  fraction of shape pixels / the dataset's
@@ -77,11 +79,13 @@ def rollout_check(model, info: dict[str, Any], *, policy=None, frames: int = 96,
   import jax
   import jax.numpy as jnp
   from rf_jax.data.shapes import ShapesConfig, shape_curves, shapes_clip
-  from rf_jax.memory import RelaxPolicy
+  from rf_jax.memory import RelaxPolicy, policy_from_dict
   from rf_jax.sampling import Rollout, Sampler
   s, (h, w) = info["sampler"], info["frame_hw"]
   sampler = Sampler.from_steps(s["steps"], shift=s["shift"], eta=s.get("eta", 1.0), chunk_frames=3)
-  rollout = Rollout(model, policy or RelaxPolicy(), sampler, batch=samples, latent_hw=(h, w), frames=frames)
+  if policy is None:
+    policy = policy_from_dict(info["memory"], source="demo memory") if "memory" in info else RelaxPolicy()
+  rollout = Rollout(model, policy, sampler, batch=samples, latent_hw=(h, w), frames=frames)
   videos = np.asarray(rollout.run(jnp.zeros((samples, model.config.text_len, model.config.text_dim)),
                                   key=jax.random.key(seed))[0])
   data_cfg = ShapesConfig(size=h, frames=frames)

@@ -52,6 +52,24 @@ def test_generate_without_a_model_writes_the_demo_video(demo_dir, tmp_path):
   assert os.path.exists(out / "motion.png") and os.path.exists(out / "memory_trace.json")
 
 
+def test_the_demo_runs_with_its_own_memory_unless_told_otherwise(tmp_path, monkeypatch):
+  from rf_jax.memory import RelaxPolicy, WindowPolicy, policy_to_dict
+  model = CausalWanDiT(CFG, rngs=nnx.Rngs(0))
+  folder = str(tmp_path / "demo")
+  demo.write_demo(folder, CFG, nnx.to_pure_dict(nnx.state(model, nnx.Param)),
+                  {"sampler": {"steps": [1000], "shift": 3.0, "eta": 0.0}, "frame_hw": [16, 16],
+                   "default_frames": 9, "fps": 16, "memory": {"policy": "window", "window_frames": 6,
+                                                             "sink_frames": 3}})
+  monkeypatch.setattr(demo, "ASSET_DIR", folder)
+  for i, (argv, want) in enumerate([
+      ([], WindowPolicy(window_frames=6, sink_frames=3)),  # demo.json's memory
+      (["--sink-frames", "0"], WindowPolicy(window_frames=6)),  # a flag overrides one of its settings
+      (["--memory", "relax"], RelaxPolicy())]):  # --memory: that policy's own defaults
+    out = tmp_path / f"v{i}"
+    assert cli.main(["generate", "--out", str(out), "--quiet", "--no-video", *argv]) == 0
+    assert json.loads((out / "summary.json").read_text())["policy"] == json.loads(json.dumps(policy_to_dict(want)))
+
+
 def test_the_demo_takes_no_prompt_and_a_missing_demo_is_named(demo_dir, tmp_path, capsys, monkeypatch):
   assert cli.main(["generate", "--out", str(tmp_path / "v"), "--prompt", "a fox", "--quiet"]) == 2
   assert "unconditional" in capsys.readouterr().err
