@@ -33,12 +33,13 @@ from rf_jax.memory import RelaxPolicy, SlowFastPolicy, WindowPolicy  # noqa: E40
 from rf_jax.runinfo import git_commit  # noqa: E402
 from rf_jax.sampling import Rollout, Sampler  # noqa: E402
 
-POLICIES = {
-    "dense (all frames)": WindowPolicy(window_frames=-1),
-    "window 12 (Self-Forcing)": WindowPolicy(window_frames=12),
-    "sink 3 + window 12 (LongLive)": WindowPolicy(window_frames=12, sink_frames=3),
-    "relax (sink 2, history 1 of 4, tail 1)": RelaxPolicy(),
-    "slow_fast (Context Forcing, clean)": SlowFastPolicy(),
+POLICIES = {  # name -> (strip file tag, policy)
+    "dense (all frames)": ("dense", WindowPolicy(window_frames=-1)),
+    "window 12 (Self-Forcing)": ("window", WindowPolicy(window_frames=12)),
+    "sink 3 + window 12 (LongLive)": ("sink", WindowPolicy(window_frames=12, sink_frames=3)),
+    "relax (sink 2, history 1 of 4, tail 1)": ("relax", RelaxPolicy()),
+    "relax, true positions": ("relax_absolute", RelaxPolicy(positions="absolute")),
+    "slow_fast (Context Forcing, clean)": ("slow_fast", SlowFastPolicy()),
 }
 
 
@@ -97,7 +98,7 @@ def main(argv=None) -> int:
   strip(real, fps, os.path.join(args.out, "strip_dataset.png"))
   records = []
   context = jnp.zeros((args.samples, model.config.text_len, model.config.text_dim))
-  for name, policy in POLICIES.items():
+  for name, (tag, policy) in POLICIES.items():
     rollout = Rollout(model, policy, sampler, batch=args.samples, latent_hw=(h, w), frames=frames)
     times = []
     t0 = time.perf_counter()
@@ -115,7 +116,6 @@ def main(argv=None) -> int:
               "memory_state_bytes": int(sum(x.nbytes for x in jax.tree.leaves(rollout.final_state))),
               "compile_count": rollout.compile_count}
     print(json.dumps(record), flush=True)
-    tag = name.split(" ")[0].replace("(", "")
     strip(videos, fps, os.path.join(args.out, f"strip_{tag}.png"))
     records.append(record)
 

@@ -95,10 +95,10 @@ def test_memory_study_on_a_tiny_random_demo(tmp_path):
   out = tmp_path / "study"
   rows = run_script("scripts/memory_study.py", "--demo", folder, "--frames", "24", "--samples", "1",
                     "--out", str(out))
-  assert rows[0]["policy"] == "dataset" and len(rows) == 6
+  assert rows[0]["policy"] == "dataset" and len(rows) == 7
   for r in rows:
     assert {"device", "jax", "commit", "motion_first5s", "consistency_last5s", "foreground_last5s"} <= r.keys()
   for r in rows[1:]:
     assert r["compile_count"] == 1 and r["steady_ms_per_chunk"] > 0
   assert rows[0]["consistency_first5s"] > 0.8  # the dataset keeps its shapes
-  assert (out / "study.png").exists() and len(list(out.glob("strip_*.png"))) == 6
+  assert (out / "study.png").exists() and len(list(out.glob("strip_*.png"))) == 7
