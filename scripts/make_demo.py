@@ -1,16 +1,17 @@
-"""Packages a finished run of the demo's last training stage (`rf-jax train configs/train/demo_sc.py`) as the built-in
-demo model (rf_jax/assets/demo/), with a few-step sampler fitted to it.
+"""Packages a finished run of the demo's last training stage (`rf-jax train configs/train/demo_fade.py`) as the
+built-in demo model (rf_jax/assets/demo/), with a few-step sampler fitted to it.
 
-    python scripts/make_demo.py runs/demo_sc [--out rf_jax/assets/demo]
+    python scripts/make_demo.py runs/demo_fade [--out rf_jax/assets/demo]
 
 Fitting: for each candidate sampler (denoising steps x schedule shift x re-noising eta), the EMA model rolls out
-`--samples` videos of 48 frames under Relax Forcing (what `rf-jax generate` runs), and the candidate is scored by how
+`--samples` videos of 96 frames under the demo's memory (MEMORY, stored in demo.json as `memory`: what
+`rf-jax generate` runs the demo with), and the candidate is scored by how
 far its frames are from held-out dataset clips
 (`score` = L1 distance of the mean colour histograms + |mean motion - data's| / data's + |foreground - data's| /
 data's, where foreground is the fraction of pixels far from the background colour: a sampler whose shapes fade
 into the background scores badly even though its colour histogram, mostly background, looks right).
 The lowest score wins; every candidate's numbers go into demo.json, with `shipped_check`: what the fitted sampler's
-rollouts under Relax Forcing keep of the dataset's motion and shapes (`demo.rollout_check`, what tests/test_demo.py
+rollouts under that memory keep of the dataset's motion and shapes (`demo.rollout_check`, what tests/test_demo.py
 holds the shipped model to).
 """
 
@@ -30,13 +31,16 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 from rf_jax import demo  # noqa: E402
 from rf_jax.data.shapes import shapes_batch  # noqa: E402
-from rf_jax.memory import RelaxPolicy  # noqa: E402
+from rf_jax.memory import RelaxPolicy, policy_to_dict  # noqa: E402
 from rf_jax.runinfo import git_commit  # noqa: E402
 from rf_jax.sampling import Rollout, Sampler  # noqa: E402
 from rf_jax.train import load_train_config  # noqa: E402
 
 CANDIDATES = [(steps, shift, eta) for steps in (4, 8, 16) for shift in (1.0, 3.0) for eta in (0.0, 1.0)]
-FIT_FRAMES = 48  # 3 s: long enough that a sampler whose shapes vanish after a second loses
+FIT_FRAMES = 96  # 6 s: long enough that a sampler whose shapes vanish after a few seconds loses
+# The demo's memory, written into demo.json (what `rf-jax generate` runs the demo with): Relax Forcing as upstream
+# sets it up (sink 2, history 1 of 4, tail 1, hybrid positions).
+MEMORY = RelaxPolicy()
 
 
 def histograms(frames: np.ndarray) -> np.ndarray:
@@ -72,10 +76,19 @@ def _run_summary(init: str | None) -> dict | None:
           "commit": meta.get("commit")}
 
 
+def _trained_commit(run: str) -> str | None:
+  """The commit the run's model/ was exported at (model/meta.json), not the commit that packages it."""
+  try:
+    with open(os.path.join(run, "model", "meta.json")) as f:
+      return json.load(f).get("commit")
+  except (OSError, ValueError):
+    return None
+
+
 def main(argv=None) -> int:
   p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("run", help="a finished training run folder (rf-jax train ... --out RUN)")
-  p.add_argument("--config", default=os.path.join(os.path.dirname(__file__), "..", "configs", "train", "demo_sc.py"),
+  p.add_argument("--config", default=os.path.join(os.path.dirname(__file__), "..", "configs", "train", "demo_fade.py"),
                  help="the training config of RUN (default: the demo's last stage)")
   p.add_argument("--out", default=demo.ASSET_DIR)
   p.add_argument("--samples", type=int, default=4)
@@ -98,7 +111,7 @@ def main(argv=None) -> int:
   for steps, shift, eta in CANDIDATES:
     raw = [float(round(x)) for x in np.linspace(1000, 0, steps + 1)[:-1]]
     sampler = Sampler.from_steps(raw, shift=shift, chunk_frames=cfg.chunk_frames, eta=eta)
-    rollout = Rollout(model, RelaxPolicy(), sampler, batch=args.samples,
+    rollout = Rollout(model, MEMORY, sampler, batch=args.samples,
                       latent_hw=(cfg.data.size, cfg.data.size), frames=FIT_FRAMES)
     t0 = time.perf_counter()
     videos, _ = rollout.run(context, key=jax.random.key(123))
@@ -115,13 +128,15 @@ def main(argv=None) -> int:
   params = nnx.to_pure_dict(load_params(os.path.join(args.run, "model"))[1])
   info = {
       "sampler": {"steps": best["raw_steps"], "shift": best["shift"], "eta": best["eta"]},
+      "memory": policy_to_dict(MEMORY),
       "frame_hw": [cfg.data.size, cfg.data.size],
       "default_frames": 480,
       "fps": demo.FPS,
       "trained": {"config": os.path.relpath(os.path.abspath(args.config), os.path.join(os.path.dirname(
                       os.path.abspath(__file__)), "..")), "steps": cfg.steps, "batch": cfg.batch,
                   "clip_frames": cfg.clip_frames, "final_loss": log[-1]["loss"], "seconds": log[-1]["seconds"],
-                  "device": str(jax.devices()[0]), "jax": jax.__version__, "commit": git_commit(),
+                  "device": str(jax.devices()[0]), "jax": jax.__version__, "commit": _trained_commit(args.run),
+                  "packaged_commit": git_commit(),
                   "init": cfg.init, "init_run": _run_summary(cfg.init)},
       "sampler_fit": {"data_motion": round(real_motion, 5), "data_foreground": round(real_fg, 4),
                       "candidates": results},
