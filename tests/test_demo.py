@@ -78,21 +78,25 @@ def test_the_demo_takes_no_prompt_and_a_missing_demo_is_named(demo_dir, tmp_path
   assert "the demo model is not installed" in capsys.readouterr().err
 
 
-# The shipped model against the dataset, in the first second of its videos (README, The demo model: it does not
-# keep its shapes much longer). make_demo.py measured, into demo.json's "shipped_check": motion 0.70 and foreground
-# 0.54 of the dataset's, consistency 0.39 (the dataset's 0.85). The floors sit below; a model whose frames fade to
-# the background, or whose colours are not frame 0's, scores near 0 on the last two.
-MOTION_FLOOR = 0.4  # fraction of the dataset's motion
-FOREGROUND_FLOOR = 0.3  # fraction of the dataset's shape pixels
+# The shipped model against the dataset over a whole 30-second video: its first second and its last 5 seconds.
+# Measured (demo.rollout_check, CPU, jax 0.12.0.1): first second motion 0.96 and shape pixels 0.76 of the dataset's,
+# consistency 0.39; last 5 s 1.28, 1.12 and 0.43 (the dataset's consistency: 0.86). The floors sit below; a model
+# whose frames fade to the background, or whose colours are not frame 0's, scores near 0 on the last two, and one
+# that floods the frame with colour goes over the ceiling.
+MOTION_FLOOR = 0.5  # fraction of the dataset's motion
+FOREGROUND_FLOOR, FOREGROUND_CEILING = 0.4, 2.5  # fraction of the dataset's shape pixels
 CONSISTENCY_FLOOR = 0.25  # of frame 0's shape colours still present (shape_curves)
 
 
-def test_the_shipped_demo_moves_and_keeps_its_shapes_for_a_second():
-  """Its own rollouts under `rf-jax generate`'s default memory (Relax Forcing) and its fitted sampler, 4 seeds of
-  96 frames, against 4 dataset clips over frames 3-15. The demo is part of the package: missing, it fails."""
+def test_the_shipped_demo_moves_and_keeps_its_shapes_for_30_seconds():
+  """Its own rollouts under its memory (demo.json: what `rf-jax generate` runs) and its fitted sampler, 4 seeds of
+  480 frames, against 4 dataset clips: frames 3-15 and the last 80. The demo is part of the package: missing, it
+  fails."""
   assert demo.available(), f"the shipped demo model is missing from {demo.ASSET_DIR}"
   model, info = demo.load_demo()
-  got = demo.rollout_check(model, info, frames=96, samples=4, seed=0)["first_second"]
-  assert got["motion_vs_data"] >= MOTION_FLOOR, got
-  assert got["foreground_vs_data"] >= FOREGROUND_FLOOR, got
-  assert got["consistency"] >= CONSISTENCY_FLOOR, got
+  check = demo.rollout_check(model, info, frames=480, samples=4, seed=0, last=80)
+  for span in ("first_second", "last"):
+    got = check[span]
+    assert got["motion_vs_data"] >= MOTION_FLOOR, (span, got)
+    assert FOREGROUND_FLOOR <= got["foreground_vs_data"] <= FOREGROUND_CEILING, (span, got)
+    assert got["consistency"] >= CONSISTENCY_FLOOR, (span, got)
