@@ -1,10 +1,11 @@
-"""The built-in demo model: a small causal DiT trained by `rf-jax train configs/train/demo.py` on the bouncing-shapes
-dataset, in pixel space (32x32 RGB frames, one frame per "latent" frame), unconditional (its text context is zeros).
+"""The built-in demo model: a small causal DiT trained in four stages (configs/train/demo_base.py, demo.py,
+demo_sc.py, demo_fade.py) on the bouncing-shapes dataset, in pixel space (32x32 RGB frames, one frame per "latent"
+frame), unconditional (its text context is zeros).
 
 Shipped in the package as rf_jax/assets/demo/{model.safetensors, demo.json}: float32 EMA weights by Flax path, and
 the model config, the few-step sampler fitted to it, the memory policy it runs with (`memory`) and where it came
-from. `rf-jax generate` uses it when no
---checkpoint or --preset is given. Loading reads tensors only (safetensors): nothing is unpickled.
+from. `rf-jax generate` uses it when no --checkpoint or --preset is given. Loading reads tensors only
+(safetensors): nothing is unpickled.
 """
 
 from __future__ import annotations

@@ -193,7 +193,8 @@ def test_the_demo_training_stages_chain_one_model(monkeypatch):
   for var in ("RF_JAX_DEMO_BASE", "RF_JAX_DEMO_STAGE2", "RF_JAX_DEMO_STAGE3"):
     monkeypatch.delenv(var, raising=False)
   root = os.path.join(HERE, "..", "..", "configs", "train")
-  stages = [load_train_config(os.path.join(root, f"{name}.py")) for name in ("demo_base", "demo", "demo_sc", "demo_fade")]
+  stages = [load_train_config(os.path.join(root, f"{name}.py"))
+            for name in ("demo_base", "demo", "demo_sc", "demo_fade")]
   assert stages[0].init is None
   for prev_out, stage in zip(("runs/demo_base", "runs/demo", "runs/demo_sc"), stages[1:]):
     assert stage.init == f"{prev_out}/model" and stage.model == stages[0].model
