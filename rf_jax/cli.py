@@ -201,6 +201,18 @@ def add_parallel_flags(p) -> None:
                  help="initialise jax.distributed from the cluster (TPU pods: automatic; SLURM, Open MPI)")
 
 
+def add_compile_cache_flags(p) -> None:
+  g = p.add_argument_group("compilation cache (see README)")
+  g.add_argument("--compile-cache", metavar="DIR", help="keep compiled steps here (default $RF_JAX_COMPILE_CACHE, "
+                 "$JAX_COMPILATION_CACHE_DIR, $RF_JAX_CACHE/jax or ~/.cache/rf_jax/jax)")
+  g.add_argument("--no-compile-cache", action="store_true", help="compile everything afresh, keep nothing")
+
+
+def setup_compile_cache(args) -> str | None:
+  from rf_jax import compile_cache
+  return compile_cache.configure(compile_cache.resolve_dir(args.compile_cache, args.no_compile_cache))
+
+
 def read_prompts(args) -> list[str]:
   """--prompt (repeatable) then the lines of --prompts FILE (blank lines and lines starting with # skipped)."""
   prompts = list(args.prompt or [])
@@ -233,6 +245,7 @@ def cmd_generate(args) -> int:
   from rf_jax.text.encode import default_cache_dir, pad_embeddings
   if os.path.exists(args.out) and not args.force:
     raise FileExistsError(f"{os.path.abspath(args.out)} already exists; pass --force to replace it")
+  setup_compile_cache(args)
   prompts = read_prompts(args)
   if prompts and args.text_embeddings:
     raise ValueError("give text as --prompt/--prompts or as --text-embeddings, not both")
@@ -316,14 +329,15 @@ def cmd_generate(args) -> int:
   import jax
   if jax.process_index():
     return 0
-  print(json.dumps({k: summary[k] for k in ("frames", "samples", "chunks", "compile_count", "seconds", "peak_bytes",
-                                            "peak_bytes_source")}
+  print(json.dumps({k: summary[k] for k in ("frames", "samples", "chunks", "compile_count", "chunk_step_from",
+                                            "seconds", "peak_bytes", "peak_bytes_source")}
                    | {"video": (summary["video"] or {}).get("files"), "out": os.path.abspath(args.out)}))
   return 0
 
 
 def cmd_sweep(args) -> int:
   from rf_jax.sweep import load_sweep, run_sweep
+  setup_compile_cache(args)
   mesh = setup_parallel(args)
   sweep = load_sweep(args.sweep)
   result = run_sweep(sweep, args.out, mesh=mesh, progress=not args.quiet)
@@ -439,6 +453,7 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--force", action="store_true", help="replace an existing --out")
   p.add_argument("--quiet", action="store_true", help="no progress bar")
   add_parallel_flags(p)
+  add_compile_cache_flags(p)
   p.set_defaults(func=cmd_generate)
 
   p = sub.add_parser("sweep", help="run (or resume) a grid of memory settings x prompts x seeds into a zarr store")
@@ -446,6 +461,7 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--out", required=True, help="output folder; an unfinished sweep there is resumed")
   p.add_argument("--quiet", action="store_true", help="no progress bar")
   add_parallel_flags(p)
+  add_compile_cache_flags(p)
   p.set_defaults(func=cmd_sweep)
 
   p = sub.add_parser("train", help="train the causal DiT (flow matching, AdamW, EMA); resumes an unfinished --out")

@@ -7,7 +7,8 @@ half-written OUT):
   latents.npy        float32 [N, frames, C, H, W] (the PyTorch pipeline's layout), streamed chunk by chunk
   memory_trace.json  per chunk: what the memory held, the RoPE positions, candidates/scores/choice, promotions
                      (of the first batch)
-  summary.json       frames, chunks, policy, prompts, videos, compile_count, seconds, peak_bytes, ...
+  summary.json       frames, chunks, policy, prompts, videos, compile_count, chunk_step_from (cache or compiled),
+                     seconds, peak_bytes, ...
 
 N samples run `batch` at a time through one compiled rollout. With prompts, every prompt's noise is the seed's
 (sample k's video is the one `generate --prompt P_k --seed S` writes alone).
@@ -33,7 +34,7 @@ from rf_jax.memory import Policy, policy_to_dict
 from rf_jax.parallel import placement
 from rf_jax.parallel.distributed import barrier, is_leader
 from rf_jax.runinfo import git_commit, peak_bytes
-from rf_jax.sampling import Rollout, Sampler
+from rf_jax.sampling import Rollout, Sampler, text_rows
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -271,8 +272,6 @@ def generate(model, policy: Policy, sampler: Sampler, spec: GenerateSpec, out: s
     raise ValueError(f"--frames {spec.frames} must be positive")
   # The last chunk is generated whole; frames past --frames are dropped.
   generated = -(-spec.frames // f) * f
-  rollout = Rollout(model, policy, sampler, batch=spec.batch, latent_hw=spec.latent_hw, frames=generated,
-                    mesh=mesh)
   key = jax.random.key(spec.seed)
   noise_key, text_key = jax.random.split(key)
   if text_embeddings is None:  # a seeded random prompt: a preset runs out of the box
@@ -281,6 +280,9 @@ def generate(model, policy: Policy, sampler: Sampler, spec: GenerateSpec, out: s
   else:
     context = np.asarray(text_embeddings)
     text_source = "prompts" if prompts else "file"
+  # One compiled step for every batch of prompts: the prompt rows kept are the most any prompt needs.
+  rollout = Rollout(model, policy, sampler, batch=spec.batch, latent_hw=spec.latent_hw, frames=generated,
+                    mesh=mesh, text_rows=text_rows(context))
   n = context.shape[0]
   if prompts is None and n != spec.batch:
     raise ValueError(f"{n} text embeddings for --batch {spec.batch}")
@@ -352,7 +354,9 @@ def generate(model, policy: Policy, sampler: Sampler, spec: GenerateSpec, out: s
         "policy": policy_to_dict(policy), "sampler": {"timesteps": list(sampler.timesteps),
                                                       "context_noise": sampler.context_noise,
                                                       "shift": sampler.schedule.shift, "eta": sampler.eta},
-        "compile_count": rollout.compile_count, "seconds": round(seconds, 3),
+        "compile_count": rollout.compile_count, "chunk_step_from": rollout.step_compile,
+        "compile_cache": jax.config.jax_compilation_cache_dir if jax.config.jax_enable_compilation_cache else None,
+        "seconds": round(seconds, 3),
         "first_chunk_seconds": round(times[0] - t0, 3),
         "steady_seconds_per_chunk": round(float(np.median(intervals)), 4) if intervals.size else None,
         "peak_bytes": peak, "peak_bytes_source": peak_source,

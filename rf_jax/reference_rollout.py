@@ -121,32 +121,30 @@ def _check_rollout(ref: ReferenceFolder, z: dict, model, policy: Policy, abs_tol
   if isinstance(policy, WindowPolicy):
     yield from _check_window(ref, z, policy, states, f, abs_tol)
   elif isinstance(policy, RelaxPolicy):
-    yield from _check_relax(z, policy, outs, states, f, abs_tol)
+    yield from _check_relax(ref, z, policy, outs, states, f, abs_tol)
   elif isinstance(policy, SlowFastPolicy) and policy.mode == "upstream":
-    yield from _check_slow_fast(z, policy, outs, states, f, abs_tol)
+    yield from _check_slow_fast(ref, z, policy, outs, states, f, abs_tol)
 
 
 def _check_window(ref, z, policy: WindowPolicy, states, f, tol) -> Iterator[Comparison]:
   """kv_after_chunk{j}_k/v: [L, B, tokens, N, H], keys after RoPE at absolute positions, slots in frame order."""
   q = int(ref.config.get("frame_seq_length", 0)) or None
-  hd = ref.model_config.head_dim
   for j, res in enumerate(states):
     key_k, key_v = f"kv_after_chunk{j}_k", f"kv_after_chunk{j}_v"
     if key_k not in z:
       continue
     ref_k, ref_v = z[key_k], z[key_v]
     l, bb, tokens, n, h = ref_k.shape
-    q = q or res.k.shape[3]
+    q = q or res.k.shape[4]
     held = tokens // q
     end = f * (j + 1)  # frames 0 .. end-1 generated so far
     s = min(policy.sink_frames, held)
     ref_frames = list(range(s)) + list(range(end - (held - s), end))  # upstream: sink, then the newest, in order
     ours = {int(fr): i for i, fr in enumerate(res.frame[0]) if fr >= 0}
     common = [(slot, ours[fr], fr) for slot, fr in enumerate(ref_frames) if fr in ours]
-    mk = np.stack([res.k[:, :, ours_i] for _, ours_i, _ in common], axis=2)  # [L, B, n, Q, N, H]
-    cos, sin = rope_cos_sin(jnp.asarray([fr for *_, fr in common]), _grid(ref), hd)
-    mk = np.asarray(apply_rope(jnp.asarray(mk), cos, sin))
-    mv = np.stack([res.v[:, :, ours_i] for _, ours_i, _ in common], axis=2)
+    # ours: head-major, keys already rotated at their frame index, as upstream caches them
+    mk = np.stack([np.moveaxis(res.k[:, :, :, ours_i], 2, 3) for _, ours_i, _ in common], axis=2)  # [L, B, n, Q, N, H]
+    mv = np.stack([np.moveaxis(res.v[:, :, :, ours_i], 2, 3) for _, ours_i, _ in common], axis=2)
     rk = ref_k.reshape(l, bb, held, q, n, h)[:, :, [slot for slot, *_ in common]]
     rv = ref_v.reshape(l, bb, held, q, n, h)[:, :, [slot for slot, *_ in common]]
     yield Comparison(f"rollout/{key_k}", max_abs_error(mk, rk), tol, "max_abs")
@@ -159,7 +157,7 @@ def _grid(ref: ReferenceFolder) -> tuple[int, int]:
   return hl // ph, wl // pw
 
 
-def _check_relax(z, policy: RelaxPolicy, outs, states, f, tol) -> Iterator[Comparison]:
+def _check_relax(ref, z, policy: RelaxPolicy, outs, states, f, tol) -> Iterator[Comparison]:
   tr = {k: np.stack([o.trace[k] for o in outs]) for k in outs[0].trace}  # chunk-major
   chunks = len(outs)
   relaxed = ~tr["dense"]
@@ -215,21 +213,24 @@ def _check_relax(z, policy: RelaxPolicy, outs, states, f, tol) -> Iterator[Compa
   if "kv0_after_chunk_k" in z:
     ref_k = z["kv0_after_chunk_k"]  # [chunks, slots*Q, N, H], layer 0, upstream slot order, zero past local end
     ends = z["kv0_after_chunk_local_end"]
+    hd = ref.model_config.head_dim
     worst = 0.0
     for j, res in enumerate(states):
-      q = res.k.shape[3]
+      q = res.k.shape[4]
       held = int(ends[j]) // q
       end_frame = f * (j + 1)
       rk = ref_k[j].reshape(-1, q, *ref_k.shape[2:])
       ours = {int(fr): i for i, fr in enumerate(res.frame[0]) if fr >= 0}
       for slot in range(held):
         fr = slot if slot < policy.sink_frames else slot + end_frame - held
-        if fr in ours:
-          worst = max(worst, max_abs_error(res.k[0, 0, ours[fr]], rk[slot]))
+        if fr in ours:  # upstream caches pre-RoPE keys; ours are turned at the frame index: turn them back
+          cos, sin = rope_cos_sin(jnp.asarray([fr]), _grid(ref), hd)
+          mine = np.asarray(apply_rope(jnp.asarray(np.moveaxis(res.k[0, 0, :, ours[fr]], 0, 1))[None], cos, -sin))
+          worst = max(worst, max_abs_error(mine[0], rk[slot]))
     yield Comparison("rollout/kv0_after_chunk_k", worst, tol, "max_abs")
 
 
-def _check_slow_fast(z, policy: SlowFastPolicy, outs, states, f, tol) -> Iterator[Comparison]:
+def _check_slow_fast(ref, z, policy: SlowFastPolicy, outs, states, f, tol) -> Iterator[Comparison]:
   exact = lambda name, out: Comparison(f"rollout/{name}", mismatch(out, z[name]), 0.0, "mismatch")  # noqa: E731
   s, kslow = policy.sink_frames, policy.slow_frames
   sims = np.concatenate([o.calls["similarity"] for o in outs])  # [calls, L]
@@ -260,9 +261,17 @@ def _check_slow_fast(z, policy: SlowFastPolicy, outs, states, f, tol) -> Iterato
     yield exact("call_num_kv_frames", np.repeat([int(o.trace["local_end"]) for o in outs], per_chunk))
   if "call_q_rope_start" in z:
     yield exact("call_q_rope_start", np.repeat([int(o.trace["chunk_positions"][0]) for o in outs], per_chunk))
-  for name, pick in (("kv_after_chunk_k", lambda st: st.k), ("kv_after_chunk_v", lambda st: st.v)):
+  cos, sin = rope_cos_sin(jnp.zeros((), jnp.int32), _grid(ref), ref.model_config.head_dim)  # [Q, H/2]
+
+  def upstream_layout(st, a, turn_back):  # [L, B, N, R, Q, H] at frame 0 -> pre-RoPE [L, R*Q, N, H] of sample 0
+    a = np.moveaxis(a[:, 0], 1, 3)  # [L, R, Q, N, H]
+    if turn_back:
+      a = np.asarray(apply_rope(jnp.asarray(a), cos, -sin))
+    return a.reshape(a.shape[0], -1, *a.shape[-2:])
+
+  for name, pick, turn in (("kv_after_chunk_k", lambda st: st.k, True), ("kv_after_chunk_v", lambda st: st.v, False)):
     if name in z:
-      ours = np.stack([pick(st)[:, 0].reshape(pick(st).shape[0], -1, *pick(st).shape[-2:]) for st in states])
+      ours = np.stack([upstream_layout(st, pick(st), turn) for st in states])
       yield Comparison(f"rollout/{name}", max_abs_error(ours, z[name]), tol, "max_abs")
 
 

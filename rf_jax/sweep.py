@@ -43,7 +43,7 @@ from rf_jax.metrics import NAMES as METRICS, video_metrics
 from rf_jax.parallel import placement
 from rf_jax.parallel.distributed import barrier, is_leader
 from rf_jax.runinfo import git_commit
-from rf_jax.sampling import Rollout, Sampler
+from rf_jax.sampling import Rollout, Sampler, text_rows
 
 FORMAT = "rf_jax.sweep/1"
 
@@ -309,13 +309,14 @@ def run_sweep(sweep: Sweep, out: str, *, mesh=None, progress: bool = True) -> di
   todo = [u for u in units if not os.path.exists(os.path.join(out, "done", u.marker))]
   by_layout = layouts(sweep)
   rollouts: dict[Policy, Rollout] = {}
+  prompt_rows = max(text_rows(e[None]) for e in embeddings.values())  # one compiled step for every prompt
   bar = _bar(len(units), len(units) - len(todo), progress and is_leader())
   for layout, configs in by_layout.items():
     for unit in (u for u in todo if u.config in configs):
       policy = sweep.policies[unit.config]
       if layout not in rollouts:
         rollouts[layout] = Rollout(model, policy, sweep.sampler, batch=batch, latent_hw=latent_hw,
-                                   frames=generated, mesh=mesh)
+                                   frames=generated, mesh=mesh, text_rows=prompt_rows)
       rollout = rollouts[layout]
       rows = [samples[min(unit.first + i, unit.first + unit.count - 1)] for i in range(batch)]  # padded
       context = np.stack([embeddings[p] for p, _ in rows])
@@ -342,7 +343,9 @@ def run_sweep(sweep: Sweep, out: str, *, mesh=None, progress: bool = True) -> di
   bar.close()
   barrier("rf_jax.sweep.end")
   compiles = {label(sweep.policies[by_layout[k][0]]): r.compile_count for k, r in rollouts.items()}
+  compiled_from = {label(sweep.policies[by_layout[k][0]]): r.step_compile for k, r in rollouts.items()}
   result = {"units": len(units), "ran": len(todo), "skipped": len(units) - len(todo), "compiles": compiles,
+            "compiled_from": compiled_from,
             "layouts": len(by_layout), "seconds": round(time.perf_counter() - t0, 3)}
   if is_leader():
     finished = [u for u in units if os.path.exists(os.path.join(out, "done", u.marker))]

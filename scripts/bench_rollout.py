@@ -3,7 +3,8 @@
 Prints one JSON line per (policy, frames): device, versions, commit, the attention backend, compile seconds (the
 first chunk, apart), the median seconds of the chunks after the memory's warm-up, latent frames per second and video
 frames per second (4 video frames per latent frame, as the Wan VAE decodes), the model FLOPs of a steady chunk
-and the model-FLOPs utilisation against --peak-tflops, the memory state's bytes, and peak memory (device where
+(`rf_jax.cost.analytic_chunk_flops`: the matmuls of the keys the policy attends, the refill's keys only) and the
+model-FLOPs utilisation against --peak-tflops, the memory state's bytes, and peak memory (device where
 reported, else host RSS). Memory that stays flat as videos grow shows as the same state_bytes for every --frames (the host
 RSS peak is a lifetime maximum of the process, so compare it across separate runs, as `rf-jax generate` does).
 
@@ -31,7 +32,8 @@ from rf_jax.runinfo import git_commit, peak_bytes
 from rf_jax.memory import RelaxPolicy, SlowFastPolicy, WindowPolicy
 from rf_jax.model import CausalWanDiT
 from rf_jax.ops import AttnImpl, resolve
-from rf_jax.sampling import Rollout, Sampler
+from rf_jax.cost import analytic_chunk_flops, attended_frames
+from rf_jax.sampling import Rollout, Sampler, text_rows
 
 POLICIES = {
     "self_forcing_window21": WindowPolicy(window_frames=21),
@@ -80,8 +82,11 @@ def main():
       steady = times[WARMUP_CHUNKS:] or times[1:] or times
       median = float(np.median(steady))
       f = r.sampler.chunk_frames
-      flops = chunk_flops(cfg, tuple(args.latent_hw), f, attended_frames(POLICIES[name], f, frames),
-                          args.steps + 1)
+      q = (args.latent_hw[0] // cfg.patch_size[1]) * (args.latent_hw[1] // cfg.patch_size[2])
+      rows = r.text_rows or text_rows(np.asarray(context))
+      flops = analytic_chunk_flops(cfg, batch=1, frames=f, frame_tokens=q, steps=args.steps,
+                                   memory_frames=min(attended_frames(POLICIES[name], f, frames), frames - f),
+                                   prompt_keys=rows + 1 if rows < cfg.text_len else rows)["total"]
       print(json.dumps({
           "bench": "rollout", "policy": name, "frames": frames, "chunks": r.num_chunks,
           "model": args.checkpoint or args.preset, "latent_hw": list(args.latent_hw), "dtype": args.compute_dtype,
@@ -105,27 +110,6 @@ def _sig(x: float) -> float:
 
 def _steps(n):
   return {4: (1000, 750, 500, 250), 3: (1000, 757, 522), 2: (1000, 500), 1: (1000,)}[n]
-
-
-def attended_frames(policy, chunk_frames: int, frames: int) -> int:
-  """Frames a steady-state call attends to, its own chunk included."""
-  if isinstance(policy, WindowPolicy):
-    return frames if policy.window_frames == -1 else min(policy.window_frames, frames)
-  if isinstance(policy, RelaxPolicy):
-    return policy.view_slots() + chunk_frames
-  return policy.sink_frames + policy.slow_frames + policy.fast_frames  # slow-fast: the 21-frame budget
-
-
-def chunk_flops(cfg, latent_hw, chunk_frames: int, attended: int, calls: int) -> float:
-  """Model FLOPs of one chunk (matmuls and attention; 2 per multiply-add), the text keys precomputed."""
-  q_len = (latent_hw[0] // cfg.patch_size[1]) * (latent_hw[1] // cfg.patch_size[2])
-  t, d = chunk_frames * q_len, cfg.dim
-  per_layer = (2 * t * d * d * 4          # self-attention q, k, v, o
-               + 2 * t * d * d * 2        # cross-attention q, o
-               + 2 * t * d * cfg.ffn_dim * 2  # FFN
-               + 4 * t * attended * q_len * d  # self-attention scores and values
-               + 4 * t * cfg.text_len * d)    # cross-attention
-  return float(calls * cfg.num_layers * per_layer)
 
 
 if __name__ == "__main__":

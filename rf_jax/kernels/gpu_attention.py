@@ -3,7 +3,8 @@
 One program handles `block_q` queries of one (sample, head). It streams, with an online softmax:
   1. the valid memory entries only (the slot table is compacted, valid entries first, and the loop runs to the
      sample's count: a warm-up chunk or a half-filled memory costs less), each entry's frame read in place from the
-     reservoir at `slot[e]` and rotated by its RoPE angles on the fly (no gathered or rotated copy);
+     head-major reservoir at `slot[e]` (one contiguous [Q, H] block per head) and, when the policy moved it, turned
+     by its extra RoPE angles on the fly (no gathered or rotated copy);
   2. the chunk's own keys (already rotated), the whole chunk or, for the training mask, only the key blocks the
      block-causal structure allows.
 
@@ -153,15 +154,16 @@ def _check(q: Array, k: Array, memory: SlotMemory | None, mask) -> None:
                      "(or use the 'reference' or 'cudnn' backend)")
   if isinstance(mask, BlockCausal) and q.shape[1] != k.shape[1]:
     raise ValueError(f"BlockCausal needs as many queries as chunk keys, got {q.shape[1]} and {k.shape[1]}")
-  if memory is not None and memory.k.shape[-2:] != q.shape[-2:]:
-    raise ValueError(f"memory keys {memory.k.shape} do not match queries {q.shape} in heads/head dim")
+  if memory is not None and (memory.k.shape[1], memory.k.shape[-1]) != q.shape[-2:]:
+    raise ValueError(f"memory keys {memory.k.shape} ([B, N, R, Q, H]) do not match queries {q.shape} in heads/head "
+                     "dim")
 
 
 @functools.partial(jax.jit, static_argnames=("mask", "block_q", "block_k", "num_warps", "num_stages", "interpret"))
 def _forward(q, k, v, memory, mask, *, block_q, block_k, num_warps, num_stages, interpret):
   b, t, n, h = q.shape
   s = k.shape[1]
-  frame_tokens = 0 if memory is None else memory.k.shape[2]
+  frame_tokens = 0 if memory is None else memory.frame_tokens
   kernel = functools.partial(
       _kernel, has_memory=memory is not None, rotate=memory is not None and memory.cos is not None, causal=mask, num_queries=t, num_keys=s, frame_tokens=frame_tokens,
       head_dim=h, block_q=block_q, block_k=block_k, qk_scale=h ** -0.5 * _LOG2E,
@@ -170,9 +172,9 @@ def _forward(q, k, v, memory, mask, *, block_q, block_k, num_warps, num_stages, 
   in_specs = [per_head(t), per_head(s), per_head(s)]
   args = [q, k, v]
   if memory is not None:
-    r, m = memory.k.shape[1], memory.num_entries
+    r, m = memory.k.shape[2], memory.num_entries
     count, entry, slot = compact_entries(memory)
-    reservoir = pl.BlockSpec((None, r, frame_tokens, None, h), lambda i, bi, ni: (bi, 0, 0, ni, 0))
+    reservoir = pl.BlockSpec((None, None, r, frame_tokens, h), lambda i, bi, ni: (bi, ni, 0, 0, 0))  # one head
     angles = pl.BlockSpec((None, m, frame_tokens, h // 2), lambda i, bi, ni: (bi, 0, 0, 0))
     table = pl.BlockSpec((None, m), lambda i, bi, ni: (bi, 0))
     in_specs = [pl.BlockSpec((None, 1), lambda i, bi, ni: (bi, 0)), table, table, *in_specs, reservoir, reservoir]
@@ -197,8 +199,8 @@ def memory_attention(q: Array, k: Array, v: Array, memory: SlotMemory | None = N
                      num_warps: int | None = None, num_stages: int = 2, interpret: bool = False) -> Array:
   """Attention of queries to [valid memory entries..., chunk keys...] (see `rf_jax.ops.attention`).
 
-  q: [B, T, N, H] and k, v: [B, S, N, H], RoPE already applied; memory keys are rotated in the kernel.
-  Differentiable: the backward pass is the reference's (recomputed in XLA), correct but not fused.
+  q: [B, T, N, H] and k, v: [B, S, N, H], RoPE already applied; memory entries are turned by their extra rotation
+  in the kernel. Differentiable: the backward pass is the dense oracle's (recomputed in XLA), correct but not fused.
   """
   _check(q, k, memory, mask)
   if num_warps is None:

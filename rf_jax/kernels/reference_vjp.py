@@ -1,4 +1,4 @@
-"""Gradients for forward-only kernels: a custom_vjp whose backward is the reference attention's, recomputed in XLA.
+"""Gradients for forward-only kernels: a custom_vjp whose backward is the dense oracle's, recomputed in XLA.
 
 Correct for training, not fused. Integer inputs (the slot table, validity) get no cotangent.
 """
@@ -9,11 +9,11 @@ import jax
 import jax.numpy as jnp
 
 from rf_jax.ops.memory import SlotMemory
-from rf_jax.ops.reference import reference_memory_attention
+from rf_jax.ops.oracle import dense_memory_attention
 
 
 def with_reference_vjp(fwd, mask):
-  """Wraps a forward kernel so that gradients come from the reference attention (integer inputs get none)."""
+  """Wraps a forward kernel so that gradients come from the dense oracle (integer inputs get none)."""
   @jax.custom_vjp
   def f(q, k, v, memory):
     return fwd(q, k, v, memory)
@@ -24,7 +24,7 @@ def with_reference_vjp(fwd, mask):
   def f_bwd(res, g):
     q, k, v, memory = res
     floats, ints = _split_memory(memory)
-    _, vjp = jax.vjp(lambda q, k, v, fl: reference_memory_attention(q, k, v, _join_memory(fl, ints), mask),
+    _, vjp = jax.vjp(lambda q, k, v, fl: dense_memory_attention(q, k, v, _join_memory(fl, ints), mask),
                      q, k, v, floats)
     dq, dk, dv, dfl = vjp(g)
     return dq, dk, dv, _memory_cotangent(memory, dfl)

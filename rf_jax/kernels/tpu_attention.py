@@ -1,13 +1,14 @@
 """Memory attention on TPU: a Pallas Mosaic flash-attention kernel that reads the memory through its slot table.
 
 The slot table is scalar-prefetched into SMEM, and the BlockSpec index maps read it: grid step j of a query block
-fetches frame block j of memory entry e(j) straight from the reservoir at slot[e(j)]. Steps past the sample's
+fetches frame block j of memory entry e(j) straight from the head-major reservoir at slot[e(j)], all heads at once. Steps past the sample's
 valid entries (the table is compacted, valid first) repeat the last fetched block index, so Pallas issues no DMA
-for them, and their compute is skipped; so are the chunk-key blocks a block-causal mask rules out. The RoPE of the
-memory keys is fused: each key block is rotated in VMEM with a lane roll (interleaved pairs) by its entry's angles.
+for them, and their compute is skipped; so are the chunk-key blocks a block-causal mask rules out. An entry the
+policy moved is turned in VMEM by its extra angles with a lane roll (interleaved pairs).
 
-Grid (B, query blocks, memory steps + chunk steps); all N heads of a block are handled by one step (blocks keep
-[.., N, H] as their two minor dims, as Mosaic tiles them). The online-softmax state lives in VMEM scratch.
+Grid (B, query blocks, memory steps + chunk steps); all N heads of a block are handled by one step (query and chunk
+blocks keep [.., N, H] as their two minor dims, memory blocks [N, bm, H]). The online-softmax state lives in VMEM
+scratch.
 
 Status: checked in interpret mode on CPU only (no TPU was available to this project); Mosaic may reject a layout
 on real hardware. Letters as in `gpu_attention`.
@@ -78,13 +79,13 @@ def _kernel(count_ref, entry_ref, slot_ref, *refs, has_memory: bool, rotate: boo
         even = lane % 2 == 0
       for n in range(num_heads):
         q = q_ref[:, n, :]  # [bq, H]
-        k = mk_ref[:, n, :]  # [bm, H]
+        k = mk_ref[n]  # [bm, H]
         if rotate:
           kf = k.astype(jnp.float32)
           h = kf.shape[-1]
           swapped = jnp.where(even, pltpu.roll(kf, h - 1, 1), pltpu.roll(kf, 1, 1))  # pairs (2i, 2i+1) swapped
           k = (kf * c + swapped * s).astype(q.dtype)
-        update(n, logits_of(q, k.astype(q.dtype)), mv_ref[:, n, :].astype(q.dtype))
+        update(n, logits_of(q, k.astype(q.dtype)), mv_ref[n].astype(q.dtype))
 
   jc = j - memory_steps
   lo, hi = _chunk_range(causal, i, block_q, block_k)
@@ -131,8 +132,9 @@ def _check(q, k, memory, mask):
     raise ValueError(f"BlockCausal needs as many queries as chunk keys, got {q.shape[1]} and {k.shape[1]}")
   if q.shape[-1] % 2:
     raise ValueError(f"pallas_tpu attention: head dim {q.shape[-1]} must be even")
-  if memory is not None and memory.k.shape[-2:] != q.shape[-2:]:
-    raise ValueError(f"memory keys {memory.k.shape} do not match queries {q.shape} in heads/head dim")
+  if memory is not None and (memory.k.shape[1], memory.k.shape[-1]) != q.shape[-2:]:
+    raise ValueError(f"memory keys {memory.k.shape} ([B, N, R, Q, H]) do not match queries {q.shape} in heads/head "
+                     "dim")
 
 
 @functools.partial(jax.jit, static_argnames=("mask", "block_q", "block_k", "interpret"))
@@ -142,7 +144,7 @@ def _forward(q, k, v, memory, mask, *, block_q, block_k, interpret):
   bq, bk = block_size(t, block_q), block_size(s, block_k)
   num_q, num_c = t // bq, s // bk
   if memory is not None:
-    q_len, m = memory.k.shape[2], memory.num_entries
+    q_len, m = memory.frame_tokens, memory.num_entries
     bm = block_size(q_len, block_k)
     mem_blocks = q_len // bm
     count, entry, slot = compact_entries(memory)
@@ -158,7 +160,7 @@ def _forward(q, k, v, memory, mask, *, block_q, block_k, interpret):
 
   def mem_index(bi, i, j, count_ref, entry_ref, slot_ref):
     js = mem_step(bi, j, count_ref)
-    return (bi, slot_ref[bi * entries + js // mem_blocks], js % mem_blocks, 0, 0)
+    return (bi, 0, slot_ref[bi * entries + js // mem_blocks], js % mem_blocks, 0)
 
   def angle_index(bi, i, j, count_ref, entry_ref, slot_ref):
     js = mem_step(bi, j, count_ref)
@@ -176,7 +178,7 @@ def _forward(q, k, v, memory, mask, *, block_q, block_k, interpret):
   in_specs, args = [q_spec, chunk_spec, chunk_spec], [q, k, v]
   rotate = memory is not None and memory.cos is not None
   if memory is not None:
-    res_spec = pl.BlockSpec((None, None, bm, n, h), mem_index)
+    res_spec = pl.BlockSpec((None, n, None, bm, h), mem_index)  # [N, bm, H]: every head of one frame block
     in_specs += [res_spec, res_spec]
     args += [memory.k, memory.v]
     if rotate:
@@ -207,7 +209,7 @@ def memory_attention(q: Array, k: Array, v: Array, memory: SlotMemory | None = N
   """Attention of queries to [valid memory entries..., chunk keys...] (see `rf_jax.ops.attention`).
 
   Block sizes are targets: the kernel uses the largest divisors of T, S and Q that are multiples of 8 (the whole
-  axis when there is none). Gradients come from the reference attention.
+  axis when there is none). Gradients come from the dense oracle.
   """
   _check(q, k, memory, mask)
   fwd = functools.partial(_forward, mask=mask, block_q=block_q, block_k=block_k, interpret=interpret)

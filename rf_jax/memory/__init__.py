@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from rf_jax.memory.base import CallView, Chunk, Policy, check_position_span, rebase
+from rf_jax.memory.base import CallView, Chunk, Policy, check_video_length, moved_by
 from rf_jax.memory.relax import RelaxPolicy, candidate_table
 from rf_jax.memory.reservoir import Geometry, Reservoir
 from rf_jax.memory.slow_fast import SlowFastPolicy
@@ -59,4 +59,4 @@ def _public(field: str) -> str:
 
 
 __all__ = ["CallView", "Chunk", "Geometry", "POLICIES", "Policy", "RelaxPolicy", "Reservoir", "SlowFastPolicy",
-           "WindowPolicy", "candidate_table", "check_position_span", "policy_from_dict", "policy_to_dict", "rebase"]
+           "WindowPolicy", "candidate_table", "check_video_length", "moved_by", "policy_from_dict", "policy_to_dict"]

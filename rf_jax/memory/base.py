@@ -10,8 +10,14 @@ Per chunk, the rollout calls
   call_view(params, state, ctx, chunk)      -> CallView      for each model call (memory view, positions, hook)
   after_call(params, state, ctx, aux)       -> state, trace  after each call (per-layer promotions)
   end_chunk(params, state, ctx, kv, chunk)  -> state, trace  with the clean refill keys/values of the chunk
-where `chunk` is a `Chunk` (its first global frame c, traced, and its static frame count F) and kv the chunk's
-pre-RoPE keys/values [L, B, F, Q, N, H]. Traces are dicts of fixed-shape arrays that `describe` turns into JSON.
+where `chunk` is a `Chunk` (its first global frame c, traced, its static frame count F and token grid) and kv the
+chunk's pre-RoPE keys/values [L, B, F, Q, N, H]. Traces are dicts of fixed-shape arrays that `describe` turns into
+JSON; their positions are the ones the policy assigns (what RoPE sees, up to one constant).
+
+Positions. A reservoir stores each frame's keys rotated at the frame's index, and the model rotates the chunk at
+its frame indices c..c+F-1, so a frame shown where it happened needs nothing. A policy that shows entry m at
+position p_m while the chunk sits at p_c..p_c+F-1 turns it by `shift_m = (p_m - p_c) - (frame_m - c)` (the same
+relative offsets, expressed from where the key is stored): `moved_by`.
 
 Letters: L layers, B batch, M memory slots, F chunk frames, Q tokens per frame, N heads, H head dim.
 """
@@ -31,12 +37,11 @@ from rf_jax.memory.reservoir import Geometry
 
 Array = jax.Array
 
-_BIG = np.iinfo(np.int32).max
-
 
 class Chunk(NamedTuple):
   start: Array  # int32 scalar: the chunk's first global frame c
   frames: int  # F, static
+  grid: tuple[int, int] = (1, 1)  # (Hp, Wp): the token grid of a frame, static (RoPE of the stored keys)
 
   @property
   def positions(self) -> Array:
@@ -45,11 +50,20 @@ class Chunk(NamedTuple):
 
 
 class CallView(NamedTuple):
-  """What one model call sees: the memory (positions as the policy assigns them), the chunk's positions, and an
-  optional per-layer hook."""
+  """What one model call sees: the memory (with the extra turn of each moved entry), the positions the chunk is
+  rotated at (in the frame of reference of the memory's stored keys), and an optional per-layer hook."""
   memory: MemoryView | None
   chunk_pos: Array  # int32 [F], or [B, F] when samples place the chunk differently
   hook: LayerHook | None = None
+
+
+def moved_by(pos: Array, frames: Array, valid: Array, chunk_pos: Array, chunk: Chunk) -> Array:
+  """int32 [B, M]: the extra turn of each entry of a reservoir view (see the module docstring). pos/frames/valid
+  [B, M]: where the policy shows each entry and the frame it holds; chunk_pos [F] or [B, F]: where it shows the
+  chunk."""
+  first = jnp.asarray(chunk_pos)[..., 0]
+  first = first[:, None] if first.ndim else first
+  return jnp.where(valid, (pos - first) - (frames - chunk.start), 0).astype(jnp.int32)
 
 
 def traced(default):
@@ -97,33 +111,13 @@ class Policy:
   def end_chunk(self, params, state, ctx, kv, chunk: Chunk) -> tuple[Any, dict[str, Array]]:
     raise NotImplementedError
 
-  def position_span(self, total_frames: int, chunk_frames: int) -> int:
-    """An upper bound on (largest - smallest) RoPE frame position within one call, plus one."""
-    return total_frames
-
   def describe(self, chunk: int, trace: dict[str, np.ndarray], calls: dict[str, np.ndarray]) -> dict[str, Any]:
     """JSON-ready diagnostics of one chunk, from its trace (batch leading) and its per-call traces."""
     return {k: np.asarray(v).tolist() for k, v in trace.items()}
 
 
-def rebase(view: CallView) -> CallView:
-  """Shifts every position of the call by one constant so the smallest attended position is 0.
-
-  RoPE scores depend only on position differences, so this changes nothing but float rounding, and keeps the
-  frame table lookups small however long the video runs.
-  """
-  low = jnp.min(view.chunk_pos)
-  if view.memory is not None:
-    mem = view.memory
-    low = jnp.minimum(low, jnp.min(jnp.where(mem.valid, mem.pos, _BIG)))
-    mem = mem._replace(pos=jnp.where(mem.valid, mem.pos - low, 0))
-    return view._replace(memory=mem, chunk_pos=view.chunk_pos - low)
-  return view._replace(chunk_pos=view.chunk_pos - low)
-
-
-def check_position_span(policy: Policy, total_frames: int, chunk_frames: int) -> None:
-  span = policy.position_span(total_frames, chunk_frames)
-  if span > MAX_POSITION:
-    raise ValueError(f"memory policy {policy.name!r} spans {span} RoPE frame positions in one call over "
-                     f"{total_frames} frames; at most {MAX_POSITION} are supported. Use a sinkless window or "
-                     "relative positions (e.g. positions='window_relative' or 'relocated_sink', or relax)")
+def check_video_length(policy: Policy, total_frames: int, chunk_frames: int) -> None:
+  """Stored keys are rotated at their frame index: the video must fit the RoPE tables (2^30 latent frames)."""
+  if total_frames + chunk_frames > MAX_POSITION:
+    raise ValueError(f"memory policy {policy.name!r}: {total_frames} frames exceed the {MAX_POSITION} RoPE frame "
+                     "positions rf_jax supports")

@@ -13,10 +13,16 @@ is <= S + 1 + T frames (the first chunks), the call attends densely to every cac
 Positions: `hybrid` places [sink, history] right before the tail (the attended set looks like one contiguous
 window ending at the chunk); `absolute` keeps every frame at its index (the upstream ablation).
 
-The reservoir holds the previous `reservoir_frames - F` frames (sink + ring), as upstream's cache of
-`reservoir_frames` does besides the chunk itself. Upstream applies batch element 0's choice to the whole batch
-(`selection="batch0"`); `selection="per_sample"` (the default) picks per sample, so batching never changes a
-sample's video.
+Upstream's cache holds the previous `reservoir_frames - F` frames (sink + a rolling window), and the selection
+arithmetic here is its arithmetic. But once that cache is full, candidates come only from the second half of the
+middle frames (c-58 ... c-16 for the 120-frame default): the older half is written and never read again. The
+reservoir keeps only what can still be read, the sink and the frames from the oldest one any later chunk can pick
+(`live_ring`: 58 ring slots instead of 115 for the default, half the bytes), with the same choices and outputs.
+
+Keys are stored rotated at their frame index: with `absolute` positions every entry is read as stored; with `hybrid`
+the sink and history are turned by the distance they move (`MemoryView.shift`), the tail not at all. Upstream
+applies batch element 0's choice to the whole batch (`selection="batch0"`); `selection="per_sample"` (the default)
+picks per sample, so batching never changes a sample's video.
 """
 
 from __future__ import annotations
@@ -29,7 +35,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rf_jax.memory.base import CallView, Chunk, Policy, traced
+from rf_jax.memory.base import CallView, Chunk, Policy, moved_by, traced
 from rf_jax.memory.reservoir import Geometry, Reservoir, init_reservoir, ring_slot, write_frames
 from rf_jax.model.dit import MemoryView
 from rf_jax.sampling.schedule import torch_linspace
@@ -56,6 +62,37 @@ def candidate_table(max_middle: int, num_candidates: int) -> np.ndarray:
       idx = np.unique(torch_linspace(s, n - 1, count + 1).astype(np.int64))[:-1]
     table[n, :len(idx)] = idx
   return table
+
+
+def candidate_frames(c: int, sink: int, tail: int, cap: int, table: np.ndarray) -> list[int]:
+  """The frames upstream can pick as history for a chunk starting at frame c (host arithmetic, as `begin_chunk`)."""
+  first_middle = max(sink, c - (cap - sink))
+  n = max(c - tail - first_middle, 0)
+  return [first_middle + int(i) for i in table[min(n, cap)] if i >= 0]
+
+
+@functools.lru_cache(maxsize=64)
+def live_ring(reservoir_frames: int, chunk_frames: int, sink: int, tail: int, num_candidates: int) -> int:
+  """Ring slots (after the sink) that keep every frame a chunk can still read: for every chunk start c, the frames
+  from the oldest one that chunk c or any later chunk reads (dense warm-up frames, candidates, tail) up to c - 1.
+
+  Found by running upstream's arithmetic over chunks until it repeats (once the cache is full, everything moves
+  with c). At most the whole cache (`reservoir_frames - chunk_frames - sink`).
+  """
+  f = chunk_frames
+  cap = reservoir_frames - f  # upstream's cache besides the chunk: sink + rolling window
+  table = candidate_table(cap, num_candidates)
+  starts = range(0, 3 * reservoir_frames + 4 * f, f)
+  oldest = []
+  for c in starts:
+    dense = min(c, reservoir_frames - f) <= sink + 1 + tail
+    read = list(range(c)) if dense else candidate_frames(c, sink, tail, cap, table) + list(range(c - tail, c))
+    read = [x for x in read if x >= sink]
+    oldest.append(min(read, default=c))
+  need = 1
+  for i, c in enumerate(starts):
+    need = max(need, c - min(oldest[i:]))
+  return min(need, cap - sink)
 
 
 def _normalize(x: Array) -> Array:
@@ -95,7 +132,9 @@ class RelaxPolicy(Policy):
   # ------------------------------------------------------------------------------------------- layout
 
   def capacity(self, chunk_frames: int) -> int:
-    return self.reservoir_frames - chunk_frames
+    """Slots kept: the sink and the live ring (see `live_ring`)."""
+    return self.sink_frames + live_ring(self.reservoir_frames, chunk_frames, self.sink_frames, self.tail_frames,
+                                        self.num_candidates)
 
   def view_slots(self) -> int:
     """M: the relaxed memory (S + H + T) or the dense warm-up (at most S + 1 + T frames), whichever is larger."""
@@ -104,37 +143,33 @@ class RelaxPolicy(Policy):
   def init(self, geom: Geometry) -> Reservoir:
     return init_reservoir(geom, self.capacity(geom.chunk_frames))
 
-  def position_span(self, total_frames: int, chunk_frames: int) -> int:
-    if self.positions == "hybrid":
-      return self.view_slots() + chunk_frames
-    return total_frames
-
   # ------------------------------------------------------------------------------------------- selection
 
   def begin_chunk(self, params, res: Reservoir, chunk: Chunk):
     """Scores the candidates on the clean layer-0 keys already stored and fixes the chunk's memory view."""
     s, h, t, m = self.sink_frames, self.history_frames, self.tail_frames, self.view_slots()
-    cap = res.capacity
     c, f = chunk.start, chunk.frames
+    cap = self.reservoir_frames - f  # upstream's cache: the selection's arithmetic
+    kept = res.capacity  # the slots this reservoir keeps: the sink and the live ring
     b = res.frame.shape[0]
     local_start = jnp.minimum(c, self.reservoir_frames - f)  # the chunk's slot in upstream's cache
     dense = local_start <= s + 1 + t
 
-    first_middle = jnp.maximum(s, c - (cap - s))  # the oldest non-sink frame still stored
+    first_middle = jnp.maximum(s, c - (cap - s))  # the oldest non-sink frame in upstream's cache
     n = jnp.maximum(c - t - first_middle, 0)
     table = jnp.asarray(candidate_table(cap, self.num_candidates))
     cand_mid = table[jnp.minimum(n, cap)]  # [C]
     cand_ok = (cand_mid >= 0) & ~dense
     cand_frame = jnp.where(cand_ok, first_middle + cand_mid, -1)
 
+    slot_of = lambda frames: jnp.minimum(ring_slot(jnp.maximum(frames, 0), s, kept), kept - 1)  # noqa: E731
+
     def proto(frames):  # int [K] -> [B, H]: the key means of K frames pooled, then normalised
-      slots = jnp.minimum(ring_slot(jnp.maximum(frames, 0), s, cap), cap - 1)
-      return _normalize(res.key_mean[:, slots].mean(axis=1))
+      return _normalize(res.key_mean[:, slot_of(frames)].mean(axis=1))
 
     sink_p = proto(jnp.arange(s, dtype=jnp.int32))  # [B, H]
     tail_p = proto(c - t + jnp.arange(t, dtype=jnp.int32))
-    cand_slots = ring_slot(jnp.maximum(cand_frame, 0), s, cap)
-    cand_p = _normalize(res.key_mean[:, jnp.minimum(cand_slots, cap - 1)])  # [B, C, H]
+    cand_p = _normalize(res.key_mean[:, slot_of(cand_frame)])  # [B, C, H]
     scores = (jnp.einsum("bch,bh->bc", cand_p, sink_p)
               - params["lam"] * jnp.einsum("bch,bh->bc", cand_p, tail_p))
     scores = jnp.where(cand_ok[None], scores, jnp.nan)
@@ -157,12 +192,13 @@ class RelaxPolicy(Policy):
     else:
       pos = frames
     pos = jnp.where(valid, pos, -1)
-    slots = jnp.minimum(ring_slot(jnp.maximum(frames, 0), s, cap), cap - 1)
+    slots = slot_of(frames)
+    shift = moved_by(pos, frames, valid, chunk.positions, chunk) if self.positions == "hybrid" else None
     trace = {"dense": dense, "num_middle": jnp.where(dense, 0, n), "candidates": cand_frame, "scores": scores,
              "history": hist_frame, "memory_frames": frames, "memory_positions": pos,
              "chunk_positions": chunk.positions, "sink_proto": sink_p, "tail_proto": tail_p,
              "candidate_protos": cand_p}
-    return res, ((pos, valid, slots), trace)
+    return res, ((shift, valid, slots), trace)
 
   def choose(self, scores: Array, cand_ok: Array, cand_frame: Array, chunk: Chunk) -> Array:
     """The top-H candidates by score: scores [B, C] (NaN where no candidate) -> indices [B, H], in temporal order."""
@@ -173,12 +209,12 @@ class RelaxPolicy(Policy):
     return jnp.sort(top, axis=-1)
 
   def call_view(self, params, res, ctx, chunk: Chunk) -> CallView:
-    (pos, valid, slots), _ = ctx
-    return CallView(MemoryView(res.k, res.v, pos, valid, slots), chunk.positions)  # slots read in place
+    (shift, valid, slots), _ = ctx
+    return CallView(MemoryView(res.k, res.v, shift, valid, slots), chunk.positions)  # slots read in place
 
   def end_chunk(self, params, res: Reservoir, ctx, kv, chunk: Chunk):
     _, trace = ctx
-    return write_frames(res, kv, chunk.start, self.sink_frames), trace
+    return write_frames(res, kv, chunk.start, self.sink_frames, chunk.grid), trace
 
   def describe(self, chunk, trace, calls):
     b0 = {k: np.asarray(v) for k, v in trace.items()}

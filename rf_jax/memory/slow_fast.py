@@ -14,6 +14,11 @@ the slow slots until promotions overwrite them) and keys are positioned by slot.
 `mode="clean"` (the default) decides once per chunk on the clean refill keys of layer 0, against the representation
 of the last promoted chunk, for all layers at once, per sample; slots never hold frames that were not promoted.
 
+Keys: clean mode keeps a reservoir (keys rotated at their frame index, `rf_jax.memory.reservoir`) and turns each
+entry by the distance its bounded position moves it (`MemoryView.shift`); upstream mode keeps its own slot-order
+cache, head-major, of keys rotated at frame position 0 (the height/width part of RoPE only) and turns every entry
+from 0 to its slot's position.
+
 Letters: L layers, B batch, K slow slots, Q tokens per frame, N heads, H head dim, F chunk frames.
 """
 
@@ -26,8 +31,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rf_jax.memory.base import CallView, Chunk, Policy, traced
-from rf_jax.memory.reservoir import Geometry, Reservoir, init_reservoir, write_frames
+from rf_jax.memory.base import CallView, Chunk, Policy, moved_by, traced
+from rf_jax.memory.reservoir import Geometry, Reservoir, init_reservoir, stored_kv, write_frames
 from rf_jax.model.attention import FrameKV
 from rf_jax.model.dit import LayerHook, MemoryView
 
@@ -55,7 +60,7 @@ class CleanState(NamedTuple):
 
 
 class UpstreamState(NamedTuple):
-  k: Array  # [L, B, R, Q, N, H] upstream's cache in slot order, R = S + K + fast
+  k: Array  # [L, B, N, R, Q, H] upstream's cache in slot order (keys rotated at frame 0), R = S + K + fast
   v: Array
   table: Array  # int32 [L, R]: frame held by each slot (-1 empty), per layer
   count: Array  # int32 [L]: promoted frames held (0..K)
@@ -90,16 +95,13 @@ class SlowFastPolicy(Policy):
   def cache_frames(self) -> int:
     return self.sink_frames + self.slow_frames + self.fast_frames
 
-  def position_span(self, total_frames: int, chunk_frames: int) -> int:
-    return self.rope_length
-
   def init(self, geom: Geometry):
     if self.mode == "clean":
       res = init_reservoir(geom, self.cache_frames - geom.chunk_frames)
       rep = jnp.zeros((geom.batch, geom.num_heads * geom.head_dim), jnp.float32)
       return CleanState(res, jnp.zeros((geom.batch,), jnp.int32), rep, jnp.zeros((geom.batch,), bool))
     r = self.cache_frames
-    shape = (geom.num_layers, geom.batch, r, geom.frame_tokens, geom.num_heads, geom.head_dim)
+    shape = (geom.num_layers, geom.batch, geom.num_heads, r, geom.frame_tokens, geom.head_dim)
     return UpstreamState(jnp.zeros(shape, geom.dtype), jnp.zeros(shape, geom.dtype),
                          jnp.full((geom.num_layers, r), -1, jnp.int32),
                          jnp.zeros((geom.num_layers,), jnp.int32),
@@ -108,9 +110,10 @@ class SlowFastPolicy(Policy):
 
   # ============================================================================================ clean mode
 
-  def _clean_view(self, st: CleanState, chunk: Chunk) -> CallView:
-    """[sink at 0..S-1 | slow and fast frames in frame order (a slow copy before its fast twin) | chunk], the part
-    after the sink numbered contiguously up to the anchor (or from S while the memory is short)."""
+  def _clean_positions(self, st: CleanState, chunk: Chunk) -> tuple[Array, Array]:
+    """Where each slot is shown (int32 [B, R], -1 when empty) and the chunk ([B, F]): [sink at 0..S-1 | slow and
+    fast frames in frame order (a slow copy before its fast twin) | chunk], the part after the sink numbered
+    contiguously up to the anchor (or from S while the memory is short)."""
     s, f = self.sink_frames, chunk.frames
     res = st.res
     region = (jnp.arange(res.capacity) < s + self.fast_frames - f).astype(jnp.int32)  # 0 = slow slot
@@ -124,13 +127,20 @@ class SlowFastPolicy(Policy):
     pos = jnp.where(rest, start[:, None] + rank, res.frame)
     pos = jnp.where(valid, pos, -1)
     chunk_pos = (start + m - f)[:, None] + jnp.arange(f, dtype=jnp.int32)  # [B, F]
-    return CallView(MemoryView(res.k, res.v, pos, valid), chunk_pos)
+    return pos, chunk_pos
+
+  def _clean_view(self, st: CleanState, chunk: Chunk) -> CallView:
+    res = st.res
+    valid = res.frame >= 0
+    pos, chunk_pos = self._clean_positions(st, chunk)
+    shift = moved_by(pos, res.frame, valid, chunk_pos, chunk)
+    return CallView(MemoryView(res.k, res.v, shift, valid), chunk.positions)
 
   def _clean_end(self, params, st: CleanState, kv: FrameKV, chunk: Chunk):
     s, f, kslow = self.sink_frames, chunk.frames, self.slow_frames
     ring_end = s + self.fast_frames - f
     res = st.res
-    view = self._clean_view(st, chunk)
+    pos, chunk_pos = self._clean_positions(st, chunk)
     rep = _representation(kv.k[0])  # layer 0, clean refill keys  [B, N*H]
     sim = _cosine(rep, st.last_rep)
     eligible = chunk.start >= s
@@ -138,13 +148,15 @@ class SlowFastPolicy(Policy):
     # The chunk's first frame goes to the slow FIFO slot of each promoting sample (capacity = no write).
     slot = jnp.where(promote, ring_end + st.promoted % kslow, res.capacity)  # [B]
     rows = jnp.arange(slot.shape[0])
-    res = Reservoir(res.k.at[:, rows, slot].set(kv.k[:, :, 0].astype(res.k.dtype), mode="drop"),
-                    res.v.at[:, rows, slot].set(kv.v[:, :, 0].astype(res.v.dtype), mode="drop"),
-                    res.frame.at[rows, slot].set(chunk.start, mode="drop"), res.key_mean)
-    res = write_frames(res, kv, chunk.start, s, ring_end)  # the fast window
+    first = stored_kv(FrameKV(kv.k[:, :, :1], kv.v[:, :, :1]), chunk.positions[:1], chunk.grid)  # [L, B, N, 1, Q, H]
+    put = lambda a, x: a.at[:, rows, :, slot].set(jnp.moveaxis(x[:, :, :, 0], 1, 0).astype(a.dtype),  # noqa: E731
+                                                   mode="drop")  # [B, L, N, Q, H] at (sample, its slot)
+    res = Reservoir(put(res.k, first.k), put(res.v, first.v), res.frame.at[rows, slot].set(chunk.start, mode="drop"),
+                    res.key_mean)
+    res = write_frames(res, kv, chunk.start, s, chunk.grid, ring_end)  # the fast window
     new = CleanState(res, st.promoted + promote.astype(jnp.int32), jnp.where(promote[:, None], rep, st.last_rep),
                      st.has_rep | promote)
-    trace = {"memory_frames": st.res.frame, "memory_positions": view.memory.pos, "chunk_positions": view.chunk_pos,
+    trace = {"memory_frames": st.res.frame, "memory_positions": pos, "chunk_positions": chunk_pos,
              "similarity": jnp.where(eligible & st.has_rep, sim, jnp.nan), "promoted": promote,
              "slow_frames": res.frame[:, ring_end:]}
     return new, trace
@@ -160,7 +172,7 @@ class SlowFastPolicy(Policy):
       region = jax.lax.slice_in_dim(a, lo, r, axis=axis)
       region = jnp.where(roll, jnp.roll(region, -f, axis=axis), region)
       return jax.lax.dynamic_update_slice_in_dim(a, region, lo, axis=axis)
-    k, v, table = rolled(st.k, 2), rolled(st.v, 2), rolled(st.table, 1)
+    k, v, table = rolled(st.k, 3), rolled(st.v, 3), rolled(st.table, 1)
     local_end = jnp.minimum(st.local_end + f, r)  # frames in use once the chunk is written
     return st._replace(k=k, v=v, table=table), local_end
 
@@ -182,13 +194,15 @@ class SlowFastPolicy(Policy):
     threshold = params["threshold"]
 
     def fn(layer, kv: FrameKV):
-      k, v, table, count, rep, has_rep = layer  # k, v [B, R, Q, N, H]; table [R]; rep [B, N*H]
+      k, v, table, count, rep, has_rep = layer  # k, v [B, N, R, Q, H]; table [R]; rep [B, N*H]
       cur = _representation(kv.k)
+      first = stored_kv(FrameKV(kv.k[None, :, :1], kv.v[None, :, :1]), jnp.zeros((1,), jnp.int32), chunk.grid)
+      new_frame = lambda a: a[0]  # noqa: E731  the chunk's first frame, at frame 0: [B, N, 1, Q, H]
       sim = jnp.mean(_cosine(cur, rep))
       guard = (count > 0) & (table[jnp.maximum(s + count - 1, 0)] == chunk.start)
       promote = allow & ~guard & (~has_rep | (sim < threshold))
       full = count >= kslow
-      slow_k, slow_v, slow_t = k[:, s:s + kslow], v[:, s:s + kslow], table[s:s + kslow]
+      slow_k, slow_v, slow_t = k[:, :, s:s + kslow], v[:, :, s:s + kslow], table[s:s + kslow]
       shift = lambda a, new: jnp.concatenate([a[1:], new], axis=0)  # noqa: E731  FIFO over the first axis
       target = jnp.where(full, kslow - 1, count)
       onehot = jnp.arange(kslow) == target
@@ -197,11 +211,11 @@ class SlowFastPolicy(Policy):
         sel = onehot.reshape((1,) * axis + (kslow,) + (1,) * (a.ndim - axis - 1))
         placed = jnp.where(sel, jnp.broadcast_to(new, a.shape), a)
         return jnp.where(full, shifted, placed)
-      new_k = jnp.where(promote, put(slow_k, kv.k[:, :1], 1), slow_k)
-      new_v = jnp.where(promote, put(slow_v, kv.v[:, :1], 1), slow_v)
+      new_k = jnp.where(promote, put(slow_k, new_frame(first.k).astype(k.dtype), 2), slow_k)
+      new_v = jnp.where(promote, put(slow_v, new_frame(first.v).astype(v.dtype), 2), slow_v)
       new_t = jnp.where(promote, put(slow_t, chunk.start[None], 0), slow_t)
-      view_k = jnp.concatenate([k[:, :s], new_k, k[:, s + kslow:r - f]], axis=1)  # [B, R - F, ...]
-      view_v = jnp.concatenate([v[:, :s], new_v, v[:, s + kslow:r - f]], axis=1)
+      view_k = jnp.concatenate([k[:, :, :s], new_k, k[:, :, s + kslow:r - f]], axis=2)  # [B, N, R - F, Q, H]
+      view_v = jnp.concatenate([v[:, :, :s], new_v, v[:, :, s + kslow:r - f]], axis=2)
       aux = (new_k, new_v, new_t, count + promote.astype(jnp.int32) * (~full).astype(jnp.int32), cur,
              jnp.where(allow, sim, jnp.nan), promote)
       return (view_k, view_v), aux
@@ -211,7 +225,7 @@ class SlowFastPolicy(Policy):
   def _upstream_after(self, st: UpstreamState, aux):
     s, kslow = self.sink_frames, self.slow_frames
     new_k, new_v, new_t, count, cur, sim, promote = aux  # stacked over layers
-    st = st._replace(k=st.k.at[:, :, s:s + kslow].set(new_k), v=st.v.at[:, :, s:s + kslow].set(new_v),
+    st = st._replace(k=st.k.at[:, :, :, s:s + kslow].set(new_k), v=st.v.at[:, :, :, s:s + kslow].set(new_v),
                      table=st.table.at[:, s:s + kslow].set(new_t), count=count, rep=cur,
                      has_rep=jnp.ones_like(st.has_rep))
     return st, {"similarity": sim, "promoted": promote, "table": st.table, "slow_count": count}
@@ -219,8 +233,9 @@ class SlowFastPolicy(Policy):
   def _upstream_end(self, st: UpstreamState, local_end: Array, kv: FrameKV, chunk: Chunk):
     f = chunk.frames
     at = local_end - f
-    k = jax.lax.dynamic_update_slice_in_dim(st.k, kv.k.astype(st.k.dtype), at, axis=2)
-    v = jax.lax.dynamic_update_slice_in_dim(st.v, kv.v.astype(st.v.dtype), at, axis=2)
+    stored = stored_kv(kv, jnp.zeros((f,), jnp.int32), chunk.grid)  # at frame 0: [L, B, N, F, Q, H]
+    k = jax.lax.dynamic_update_slice_in_dim(st.k, stored.k.astype(st.k.dtype), at, axis=3)
+    v = jax.lax.dynamic_update_slice_in_dim(st.v, stored.v.astype(st.v.dtype), at, axis=3)
     frames = jnp.broadcast_to(chunk.positions, (st.table.shape[0], f))
     table = jax.lax.dynamic_update_slice_in_dim(st.table, frames, at, axis=1)
     return st._replace(k=k, v=v, table=table, local_end=local_end)
@@ -239,7 +254,9 @@ class SlowFastPolicy(Policy):
     local_end = ctx
     pos, valid, chunk_pos = self._upstream_positions(local_end, chunk)
     b = st.k.shape[1]
-    view = MemoryView(None, None, jnp.broadcast_to(pos, (b, pos.shape[0])), jnp.broadcast_to(valid, (b, pos.shape[0])))
+    shift = jnp.where(valid, pos, 0)  # keys stored at frame 0: turned to their slot's position
+    view = MemoryView(None, None, jnp.broadcast_to(shift, (b, pos.shape[0])),
+                      jnp.broadcast_to(valid, (b, pos.shape[0])))
     hook = LayerHook(self._upstream_hook(params, local_end, chunk), (st.k, st.v, st.table, st.count, st.rep,
                                                                     st.has_rep))
     return CallView(view, chunk_pos, hook)

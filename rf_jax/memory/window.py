@@ -12,7 +12,8 @@ Position schemes (`positions`):
                    offset stays inside the window (Rolling Forcing, the attention-sink baseline).
   window_relative  the sink keeps positions 0..S-1 and the rest of the window is numbered so that the chunk ends
                    at window_frames - 1 (Infinity-RoPE's block-relativistic RoPE).
-Once the window is full, the two relative schemes coincide.
+Once the window is full, the two relative schemes coincide. In every scheme the frames after the sink keep their
+offsets to the chunk, so they are read as stored; only the sink is turned (`MemoryView.shift`).
 """
 
 from __future__ import annotations
@@ -20,12 +21,15 @@ from __future__ import annotations
 import dataclasses
 from typing import Literal
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rf_jax.memory.base import CallView, Chunk, Policy
+from rf_jax.memory.base import CallView, Chunk, Policy, moved_by
 from rf_jax.memory.reservoir import Geometry, Reservoir, init_reservoir, write_frames
 from rf_jax.model.dit import MemoryView
+
+Array = jax.Array
 
 POSITIONS = ("absolute", "relocated_sink", "window_relative")
 
@@ -55,7 +59,8 @@ class WindowPolicy(Policy):
   def init(self, geom: Geometry) -> Reservoir:
     return init_reservoir(geom, self.capacity(geom))
 
-  def call_view(self, params, res: Reservoir, ctx, chunk: Chunk) -> CallView:
+  def positions_of(self, res: Reservoir, chunk: Chunk) -> tuple[Array, Array]:
+    """Where the scheme shows each slot (int32 [B, R], -1 when empty) and the chunk ([F])."""
     c, s = chunk.start, self.sink_frames
     valid = res.frame >= 0  # [B, R]
     is_sink = res.frame < s
@@ -68,17 +73,20 @@ class WindowPolicy(Policy):
       shift = res.capacity - c  # the chunk starts at window - F = capacity
       pos = jnp.where(is_sink, res.frame, res.frame + shift)
       chunk_pos = chunk_pos + shift
-    return CallView(MemoryView(res.k, res.v, jnp.where(valid, pos, -1), valid), chunk_pos)
+    return jnp.where(valid, pos, -1), chunk_pos
+
+  def call_view(self, params, res: Reservoir, ctx, chunk: Chunk) -> CallView:
+    valid = res.frame >= 0  # [B, R]
+    shift = None  # absolute: every frame where it happened
+    if self.positions != "absolute" and self.sink_frames:
+      pos, chunk_pos = self.positions_of(res, chunk)
+      shift = moved_by(pos, res.frame, valid, chunk_pos, chunk)  # non-zero on the sink only
+    return CallView(MemoryView(res.k, res.v, shift, valid), chunk.positions)
 
   def end_chunk(self, params, res: Reservoir, ctx, kv, chunk: Chunk):
-    view = self.call_view(params, res, ctx, chunk)
-    trace = {"memory_frames": res.frame, "memory_positions": view.memory.pos, "chunk_positions": view.chunk_pos}
-    return write_frames(res, kv, chunk.start, self.sink_frames), trace
-
-  def position_span(self, total_frames: int, chunk_frames: int) -> int:
-    if self.positions != "absolute" or (self.sink_frames == 0 and self.window_frames != -1):
-      return self.window_frames if self.window_frames != -1 else total_frames
-    return total_frames
+    pos, chunk_pos = self.positions_of(res, chunk)
+    trace = {"memory_frames": res.frame, "memory_positions": pos, "chunk_positions": chunk_pos}
+    return write_frames(res, kv, chunk.start, self.sink_frames, chunk.grid), trace
 
   def describe(self, chunk, trace, calls):
     return describe_slots(trace)

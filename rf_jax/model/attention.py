@@ -1,9 +1,9 @@
 """Self- and cross-attention of the Wan block: projections, q/k RMSNorm, RoPE, then `ops.attention`.
 
-Self-attention owns no cache. It is handed the layer's memory (a `SlotMemory`: pre-RoPE keys and values of frame
-slots, a slot table, the RoPE angles of the positions the memory policy assigned, a validity mask) and returns the
-chunk's own pre-RoPE keys and values, for the rollout to remember or drop. Rotating the memory keys is left to the
-attention backend (the kernels fuse it).
+Self-attention owns no cache. It is handed the layer's memory (a `SlotMemory`: keys, stored rotated, and values of
+frame slots, a slot table, the extra RoPE turn of the entries the memory policy moved, a validity mask) and returns
+the chunk's own pre-RoPE keys and values, for the rollout to remember or drop. Turning moved memory keys is left to
+the attention backend (the kernels fuse it).
 
 Letters: B batch, F frames of the chunk, M memory slots (frames), Q tokens per frame, T = F*Q, S keys, N heads,
 H head dim, D width, P text tokens.
@@ -64,12 +64,11 @@ class SelfAttention(_Attention):
     """
     b, f, q_len, d = x.shape
     n = self.num_heads
-    heads = lambda y: y.reshape(b, f, q_len, n, d // n)  # noqa: E731  [B, F, Q, N, H]
-    q, k, v = self.q(x), self.k(x), self.v(x)
+    q = self.q(x)
     if self.norm_q is not None:
-      q, k = self.norm_q(q), self.norm_k(k)
-    q, k, v = heads(q), heads(k), heads(v)
-    chunk_kv = FrameKV(k, v)
+      q = self.norm_q(q)
+    q = q.reshape(b, f, q_len, n, d // n)  # [B, F, Q, N, H]
+    chunk_kv = k, v = self.project_kv(x)
     aux = None
     if callable(memory):
       memory, aux = memory(chunk_kv)
@@ -77,6 +76,16 @@ class SelfAttention(_Attention):
     flat = lambda y: y.reshape(b, -1, n, d // n)  # noqa: E731  [B, T, N, H]
     out = attention(flat(q_rot), flat(k_rot), flat(v), memory=memory, mask=mask, impl=self.attn_impl)
     return self.o(out.reshape(b, f, q_len, d)), chunk_kv, aux
+
+
+  def project_kv(self, x: Array) -> FrameKV:
+    """x: [B, F, Q, D] -> the chunk's pre-RoPE keys (normed) and values [B, F, Q, N, H]."""
+    b, f, q_len, d = x.shape
+    k, v = self.k(x), self.v(x)
+    if self.norm_k is not None:
+      k = self.norm_k(k)
+    shape = (b, f, q_len, self.num_heads, d // self.num_heads)
+    return FrameKV(k.reshape(shape), v.reshape(shape))
 
 
 class CrossAttention(_Attention):
@@ -91,12 +100,12 @@ class CrossAttention(_Attention):
     shape = (b, p, self.num_heads, d // self.num_heads)
     return k.reshape(shape), v.reshape(shape)
 
-  def __call__(self, x: Array, text_k: Array, text_v: Array) -> Array:
-    """x: [B, F, Q, D]; text_k/v: [B, P, N, H] -> [B, F, Q, D]."""
+  def __call__(self, x: Array, text_k: Array, text_v: Array, text_bias: Array | None = None) -> Array:
+    """x: [B, F, Q, D]; text_k/v: [B, P, N, H]; text_bias: float32 [B, P] or None (see `TextKV`) -> [B, F, Q, D]."""
     b, f, q_len, d = x.shape
     q = self.q(x)
     if self.norm_q is not None:
       q = self.norm_q(q)
     q = q.reshape(b, f * q_len, self.num_heads, d // self.num_heads)  # [B, T, N, H]
-    out = attention(q, text_k.astype(q.dtype), text_v.astype(q.dtype), impl=self.attn_impl)
+    out = attention(q, text_k.astype(q.dtype), text_v.astype(q.dtype), key_bias=text_bias, impl=self.attn_impl)
     return self.o(out.reshape(b, f, q_len, d))

@@ -44,9 +44,10 @@ class WanBlock(nnx.Module):
         nnx.Linear(config.ffn_dim, d, dtype=dtype, param_dtype=param_dtype, rngs=rngs),
     )
 
-  def __call__(self, x: Array, e0: Array, text_k: Array, text_v: Array, cos: Array, sin: Array,
-               mask, memory: SlotMemory | MemoryFn | None = None) -> tuple[Array, FrameKV, Any]:
-    """x: [B, F, Q, D] float32; e0: [B, F, 6, D] float32 time projection.
+  def __call__(self, x: Array, e0: Array, text_k: Array, text_v: Array, text_bias: Array | None, cos: Array,
+               sin: Array, mask, memory: SlotMemory | MemoryFn | None = None) -> tuple[Array, FrameKV, Any]:
+    """x: [B, F, Q, D] float32; e0: [B, F, 6, D] float32 time projection; text_k/v [B, P, N, H] and text_bias
+    [B, P] (or None) from `TextKV`.
 
     Returns (x, the chunk's pre-RoPE k/v, the memory function's aux or None); see `SelfAttention`.
     """
@@ -58,8 +59,18 @@ class WanBlock(nnx.Module):
     x = x + y.astype(jnp.float32) * gate_sa
 
     h = (self.norm3(x) if self.norm3 is not None else x).astype(self.dtype)
-    x = x + self.cross_attn(h, text_k, text_v).astype(jnp.float32)
+    x = x + self.cross_attn(h, text_k, text_v, text_bias).astype(jnp.float32)
 
     h = modulate(layer_norm(x, self.eps), shift_ffn, scale_ffn).astype(self.dtype)
     x = x + self.ffn(h).astype(jnp.float32) * gate_ffn
+    return x, chunk_kv, aux
+
+  def keys_only(self, x: Array, e0: Array, memory: SlotMemory | MemoryFn | None = None
+                ) -> tuple[Array, FrameKV, Any]:
+    """Only the chunk's pre-RoPE keys/values of this block (a memory function still runs, for its aux); x is
+    returned unchanged. What the last layer of a refill needs."""
+    m = self.modulation[...].astype(jnp.float32) + e0  # [B, F, 6, D]
+    h = modulate(layer_norm(x, self.eps), m[:, :, 0, None, :], m[:, :, 1, None, :]).astype(self.dtype)
+    chunk_kv = self.self_attn.project_kv(h)
+    aux = memory(chunk_kv)[1] if callable(memory) else None
     return x, chunk_kv, aux

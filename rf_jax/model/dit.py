@@ -6,9 +6,9 @@ References: Wan-Video/Wan2.1 @9737cba (`wan/modules/model.py`); guandeh17/Self-F
     patch embed -> 30 x WanBlock (per-frame adaLN, self-attn with 3-D RoPE, text cross-attn, FFN) -> head -> unpatchify
 
 The model knows nothing of memory policy. A call takes the chunk's latents, per-frame timesteps, the text keys and
-values, the frame positions of the chunk, optionally a fixed-shape `MemoryView` (pre-RoPE keys/values of M frame
-slots per layer, their frame positions and validity) and a token mask within the chunk; it returns the flow
-prediction and the chunk's own pre-RoPE keys and values for every layer.
+values, the frame positions of the chunk, optionally a fixed-shape `MemoryView` (keys/values of M frame slots per
+layer, stored rotated, with the extra rotation each entry needs, and their validity) and a token mask within the
+chunk; it returns the flow prediction and the chunk's own pre-RoPE keys and values for every layer.
 
 Letters: B batch, F latent frames of the call, (Hl, Wl) latent height/width, C latent channels, (Hp, Wp) patch
 grid, Q = Hp*Wp tokens per frame, T = F*Q query tokens, M memory slots, S keys, N heads, H head dim, D width,
@@ -28,7 +28,7 @@ from rf_jax.config import ModelConfig
 from rf_jax.model.attention import FrameKV
 from rf_jax.model.block import WanBlock
 from rf_jax.model.layers import gelu_tanh, layer_norm, modulate, sinusoidal_embedding
-from rf_jax.model.rope import rope_cos_sin
+from rf_jax.model.rope import rope_cos_sin, shift_cos_sin
 from rf_jax.ops import AttnImpl, BlockCausal, SlotMemory, resolve
 
 Array = jax.Array
@@ -36,20 +36,28 @@ X0_SIGMA_FLOOR = 0.05  # ModelConfig.prediction == "x0": the smallest sigma the 
 
 
 class TextKV(NamedTuple):
-  """Cross-attention keys and values of the prompt, per layer: [L, B, P, N, H]. Computed once per prompt."""
+  """Cross-attention keys and values of the prompt, per layer: [L, B, P, N, H]. Computed once per prompt.
+
+  Wan pads every prompt with zero rows to `text_len`, and every padding row has the same key and value. They are
+  kept once: `bias` [B, P] adds log(count) to that row's logits (exactly what `count` equal keys contribute to the
+  softmax), 0 to the others; None when nothing was merged.
+  """
   k: Array
   v: Array
+  bias: Array | None = None
 
 
 class MemoryView(NamedTuple):
-  """What the memory shows the model for one call: M entries, each a frame slot of per-layer keys before RoPE.
+  """What the memory shows the model for one call: M entries, each a frame slot of per-layer keys and values.
 
-  Entry m is slot `slots[b, m]` of k/v (slot m when `slots` is None); the backends read the slots in place.
+  Entry m is slot `slots[b, m]` of k/v (slot m when `slots` is None); the backends read the slots in place. Keys
+  are stored rotated at the position the memory wrote them at; `shift[b, m]` is how many frame positions further
+  entry m is turned for this call (None: every entry is used where it is stored).
   """
-  k: Array  # [L, B, R, Q, N, H]
-  v: Array  # [L, B, R, Q, N, H]
-  pos: Array  # int32 [B, M]: the frame position each entry's keys are rotated to
-  valid: Array  # bool [B, M]: False entries are masked out of attention (and skipped by the kernels)
+  k: Array  # [L, B, N, R, Q, H] keys, rotated where they were stored
+  v: Array  # [L, B, N, R, Q, H]
+  shift: Array | None  # int32 [B, M]: extra frame positions of each entry's rotation, or None
+  valid: Array  # bool [B, M]: False entries are masked out of attention (and skipped by every backend)
   slots: Array | None = None  # int32 [B, M]: the slot of each entry; None = the identity (M = R)
 
 
@@ -58,8 +66,8 @@ class LayerHook(NamedTuple):
 
   `fn(xs_l, chunk) -> ((k, v), aux_l)` runs in layer l after the chunk's keys/values are projected and before
   attention: `xs_l` is layer l's slice of `xs` (a pytree with a leading layer axis L), `chunk` the chunk's
-  pre-RoPE FrameKV [B, F, Q, N, H]; it returns the memory keys/values [B, M, Q, N, H] that layer attends to (at
-  the positions and validity of the call's `MemoryView`) and any per-layer output, stacked over layers.
+  pre-RoPE FrameKV [B, F, Q, N, H]; it returns the memory keys/values [B, N, M, Q, H] that layer attends to (at
+  the shifts and validity of the call's `MemoryView`) and any per-layer output, stacked over layers.
   """
   fn: Callable[[Any, FrameKV], tuple[tuple[Array, Array], Any]]
   xs: Any
@@ -146,8 +154,18 @@ class CausalWanDiT(nnx.Module):
     return y
 
   def text_kv(self, context: Array) -> TextKV:
-    """Per-layer cross-attention keys/values of the prompt: [B, Pc, text_dim] -> TextKV([L, B, P, N, H])."""
-    y = self.embed_text(context)
+    """Per-layer cross-attention keys/values of the prompt: [B, Pc, text_dim] -> TextKV([L, B, P, N, H]).
+
+    The text_len - Pc zero rows Wan pads the prompt with are one key with a log(text_len - Pc) bias: P = Pc + 1
+    (P = text_len, no bias, when Pc = text_len). Pass a context cut after its last non-zero row to save the work.
+    """
+    b, pc, _ = context.shape
+    y = self.embed_text(context)  # [B, text_len, D]
+    pad = self.config.text_len - pc
+    bias = None
+    if pad > 0:
+      y = y[:, :pc + 1]  # row pc is a padding row: the embedding of zeros
+      bias = jnp.zeros((b, pc + 1), jnp.float32).at[:, pc].set(float(np.log(pad)))
     graphdef, state = nnx.split(self.blocks)
 
     def layer(_, block_state):
@@ -155,7 +173,7 @@ class CausalWanDiT(nnx.Module):
       return None, block.cross_attn.text_kv(y)
 
     _, (k, v) = jax.lax.scan(layer, None, state)
-    return TextKV(k, v)
+    return TextKV(k, v, bias)
 
   # ---------------------------------------------------------------------------------------------------- forward
 
@@ -171,7 +189,8 @@ class CausalWanDiT(nnx.Module):
       frame_pos: int [F], the RoPE frame position of each frame of the chunk.
       self_mask: the mask among the chunk's own tokens: None for full (bidirectional) attention, a
         `BlockCausal` structure (training; every backend), or a dense bool [T, T] (reference/cudnn only).
-      memory: the memory slots to attend to besides the chunk, or None.
+      memory: the memory slots to attend to besides the chunk, or None. frame_pos and the memory's stored
+        positions plus shifts live in one frame of reference (RoPE sees only their differences).
 
     Returns:
       flow prediction [B, F, Hl, Wl, C] in float32, and the chunk's pre-RoPE keys/values [L, B, F, Q, N, H].
@@ -180,13 +199,22 @@ class CausalWanDiT(nnx.Module):
     return flow, chunk_kv
 
   def call_with_hook(self, x: Array, t: Array, text: TextKV, *, frame_pos: Array,
-                     self_mask: BlockCausal | Array | np.ndarray | None, memory: MemoryView,
-                     hook: LayerHook) -> tuple[Array, FrameKV, Any]:
+                     self_mask: BlockCausal | Array | np.ndarray | None, memory: MemoryView | None,
+                     hook: LayerHook | None) -> tuple[Array, FrameKV, Any]:
     """Like `__call__`, but each layer's memory keys/values come from `hook` (`memory.k/v` are ignored and may be
-    None). Returns (flow, chunk FrameKV [L, B, F, Q, N, H], the hook's per-layer outputs stacked over L)."""
+    None). Returns (flow, chunk FrameKV [L, B, F, Q, N, H], the hook's per-layer outputs stacked over L; None
+    without a hook)."""
     return self._forward(x, t, text, frame_pos, self_mask, memory, hook)
 
-  def _forward(self, x, t, text, frame_pos, self_mask, memory, hook):
+  def refill_kv(self, x: Array, t: Array, text: TextKV, *, frame_pos: Array, memory: MemoryView | None,
+                hook: LayerHook | None = None) -> tuple[FrameKV, Any]:
+    """The keys and values a call on x would produce, without what only the flow needs: the last layer stops after
+    its key/value projections and the head does not run. Returns (chunk FrameKV [L, B, F, Q, N, H], the hook's
+    per-layer outputs or None): what the memory stores after a chunk (the refill)."""
+    _, chunk_kv, hook_out = self._forward(x, t, text, frame_pos, None, memory, hook, keys_only=True)
+    return chunk_kv, hook_out
+
+  def _forward(self, x, t, text, frame_pos, self_mask, memory, hook, keys_only: bool = False):
     cfg = self.config
     b, f, hl, wl, c = x.shape
     _, ph, pw = cfg.patch_size
@@ -210,29 +238,40 @@ class CausalWanDiT(nnx.Module):
 
     cos, sin = rope_cos_sin(frame_pos, (hp, wp), cfg.head_dim)  # [F, Q, H/2]
     mask = self_mask if self_mask is None or isinstance(self_mask, BlockCausal) else jnp.asarray(self_mask, bool)
+    mem_cos = mem_sin = mem_xs = None
     if memory is not None:
-      mem_cos, mem_sin = rope_cos_sin(memory.pos, (hp, wp), cfg.head_dim)  # [B, M, Q, H/2]
-      mem_xs = hook.xs if hook is not None else (memory.k, memory.v)
-    else:
-      mem_cos = mem_sin = mem_xs = None
+      if memory.shift is not None:
+        ang = shift_cos_sin(memory.shift, cfg.head_dim)  # the frame axis turns: [B, M, H/2]
+        mem_cos, mem_sin = (jnp.broadcast_to(a[:, :, None], (*a.shape[:2], q_len, a.shape[-1])) for a in ang)
+      mem_xs = hook.xs if hook is not None else None
 
     graphdef, state = nnx.split(self.blocks)
 
-    def layer(h, xs):
-      block_state, text_k, text_v, mem_l = xs
+    def layer(h, xs, just_keys: bool = False):
+      block_state, text_k, text_v, mem_l, index = xs
       block = nnx.merge(graphdef, block_state)
       if memory is None:
         mem = None
-      elif hook is None:
-        mem = SlotMemory(*mem_l, memory.slots, memory.valid, mem_cos, mem_sin)
+      elif hook is None:  # every layer's memory stays stacked: attention reads layer `index`'s frames in place
+        mem = SlotMemory(memory.k, memory.v, memory.slots, memory.valid, mem_cos, mem_sin, index)
       else:
         def mem(chunk_kv):
           (k, v), aux = hook.fn(mem_l, chunk_kv)
           return SlotMemory(k, v, None, memory.valid, mem_cos, mem_sin), aux
-      h, chunk_kv, aux = block(h, e0, text_k, text_v, cos, sin, mask, mem)
+      if just_keys:  # the refill's last layer: its output would feed only the head
+        return block.keys_only(h, e0, mem)
+      h, chunk_kv, aux = block(h, e0, text_k, text_v, text.bias, cos, sin, mask, mem)
       return h, (chunk_kv, aux, h if capturing else None)
 
-    h, (chunk_kv, hook_out, per_layer) = jax.lax.scan(layer, tokens, (state, text.k, text.v, mem_xs))
+    xs = (state, text.k, text.v, mem_xs, jnp.arange(cfg.num_layers, dtype=jnp.int32))
+    if keys_only:  # layers 0..L-2 in a loop that reads each layer in place, then the last layer's keys
+      take = lambda i: jax.tree.map(lambda a: a[i], xs)  # noqa: E731
+      last = cfg.num_layers - 1
+      h, (head_kv, head_aux, _) = jax.lax.scan(lambda h, i: layer(h, take(i)), tokens, jnp.arange(last))
+      _, last_kv, last_aux = layer(h, take(last), just_keys=True)
+      join = lambda a, b: jnp.concatenate([a, b[None]]) if a is not None else None  # noqa: E731
+      return None, jax.tree.map(join, head_kv, last_kv), jax.tree.map(join, head_aux, last_aux)
+    h, (chunk_kv, hook_out, per_layer) = jax.lax.scan(layer, tokens, xs)
     if capturing:
       for i in range(cfg.num_layers):
         self.sow(nnx.Intermediate, f"act_block{i}", per_layer[i].reshape(b, f * q_len, cfg.dim))

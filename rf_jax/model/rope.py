@@ -5,9 +5,10 @@ of an axis whose table has width dim_k turns by p * 10000^(-2j/dim_k) (each axis
 interleaved: elements (2j, 2j+1) form one complex number.
 
 The reference multiplies in complex128 with a 1024-row table and cannot go past latent frame 1023. Here the tables
-are built in float64 on the host and applied in float32. Frame positions are looked up in two levels,
-p = 1024*hi + lo, joined by the angle-addition formula, so any position in [0, MAX_POSITION) is exact to float32
-rounding and positions below 1024 read the table directly. Height and width positions are static.
+are built in float64 on the host and applied in float32. Frame positions are looked up in three levels,
+p = 1024^2*hi + 1024*mid + lo, joined by the angle-addition formula, so any position in (-MAX_POSITION,
+MAX_POSITION) is exact to float32 rounding (negative ones turn the other way: memory shifts can be negative) and
+positions below 1024 read the table directly. Height and width positions are static.
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ from rf_jax.ops.rope import apply_rope  # noqa: F401  (re-exported: the model's 
 Array = jax.Array
 
 TABLE_SIZE = 1024  # rows of the reference table, and of our low-level table
-MAX_POSITION = TABLE_SIZE * 64  # exclusive bound on frame positions
+LEVELS = 3
+MAX_POSITION = TABLE_SIZE ** LEVELS  # exclusive bound on |frame position|: 2^30 latent frames
 
 
 def rope_pairs(head_dim: int) -> tuple[int, int, int]:
@@ -43,12 +45,14 @@ def rope_angles_table(head_dim: int, positions: int = TABLE_SIZE) -> np.ndarray:
 
 
 @functools.lru_cache(maxsize=32)
-def _frame_tables(head_dim: int) -> tuple[np.ndarray, ...]:
+def _frame_tables(head_dim: int) -> tuple[tuple[np.ndarray, np.ndarray], ...]:
+  """Per level k: cos/sin float32 [1024, c_t] of the angles of positions i * 1024^k."""
   inv = _axis_inv_freq(rope_pairs(head_dim)[0])
-  lo = np.outer(np.arange(TABLE_SIZE, dtype=np.float64), inv)
-  hi = np.outer(np.arange(MAX_POSITION // TABLE_SIZE, dtype=np.float64) * TABLE_SIZE, inv)
-  f32 = lambda a: a.astype(np.float32)  # noqa: E731
-  return f32(np.cos(lo)), f32(np.sin(lo)), f32(np.cos(hi)), f32(np.sin(hi))
+  out = []
+  for level in range(LEVELS):
+    ang = np.outer(np.arange(TABLE_SIZE, dtype=np.float64) * float(TABLE_SIZE ** level), inv)
+    out.append((np.cos(ang).astype(np.float32), np.sin(ang).astype(np.float32)))
+  return tuple(out)
 
 
 @functools.lru_cache(maxsize=32)
@@ -60,13 +64,16 @@ def _spatial_table(head_dim: int, grid_h: int, grid_w: int) -> tuple[np.ndarray,
 
 
 def frame_cos_sin(frame_pos: Array, head_dim: int) -> tuple[Array, Array]:
-  """cos/sin of the frame-axis angles; frame_pos: int [...] -> float32 [..., c_t]."""
-  cos_lo, sin_lo, cos_hi, sin_hi = _frame_tables(head_dim)
-  p = jnp.clip(frame_pos.astype(jnp.int32), 0, MAX_POSITION - 1)
-  lo, hi = p % TABLE_SIZE, p // TABLE_SIZE
-  cl, sl = jnp.asarray(cos_lo)[lo], jnp.asarray(sin_lo)[lo]
-  ch, sh = jnp.asarray(cos_hi)[hi], jnp.asarray(sin_hi)[hi]
-  return ch * cl - sh * sl, sh * cl + ch * sl
+  """cos/sin of the frame-axis angles; frame_pos: int [...] (may be negative) -> float32 [..., c_t]."""
+  tables = _frame_tables(head_dim)
+  p = jnp.asarray(frame_pos).astype(jnp.int32)
+  a = jnp.clip(jnp.abs(p), 0, MAX_POSITION - 1)
+  cos, sin = (jnp.asarray(t)[a % TABLE_SIZE] for t in tables[0])
+  for level in range(1, LEVELS):
+    i = (a // TABLE_SIZE ** level) % TABLE_SIZE
+    ch, sh = jnp.asarray(tables[level][0])[i], jnp.asarray(tables[level][1])[i]
+    cos, sin = ch * cos - sh * sin, sh * cos + ch * sin
+  return cos, jnp.where((p < 0)[..., None], -sin, sin)
 
 
 def rope_cos_sin(frame_pos: Array, grid_hw: tuple[int, int], head_dim: int) -> tuple[Array, Array]:
@@ -80,3 +87,12 @@ def rope_cos_sin(frame_pos: Array, grid_hw: tuple[int, int], head_dim: int) -> t
   cs = jnp.broadcast_to(jnp.asarray(cs), (*lead, *cs.shape))
   ss = jnp.broadcast_to(jnp.asarray(ss), (*lead, *ss.shape))
   return jnp.concatenate([ct, cs], axis=-1), jnp.concatenate([st, ss], axis=-1)
+
+
+def shift_cos_sin(shift: Array, head_dim: int) -> tuple[Array, Array]:
+  """cos/sin that move keys by `shift` frame positions (int [...], may be negative) and leave height and width
+  alone: float32 [..., H/2] (the frame pairs turn, the spatial pairs get cos 1, sin 0)."""
+  ct, st = frame_cos_sin(shift, head_dim)  # [..., c_t]
+  spatial = head_dim // 2 - ct.shape[-1]
+  ones = jnp.ones((*ct.shape[:-1], spatial), jnp.float32)
+  return jnp.concatenate([ct, ones], axis=-1), jnp.concatenate([st, 0 * ones], axis=-1)

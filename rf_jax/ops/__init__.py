@@ -3,7 +3,7 @@
 from rf_jax.ops.attention import AttnImpl, attention, resolve
 from rf_jax.ops.masks import BlockCausal, block_causal_mask
 from rf_jax.ops.memory import SlotMemory
-from rf_jax.ops.reference import reference_attention
+from rf_jax.ops.oracle import dense_attention, dense_memory_attention
 
-__all__ = ["AttnImpl", "BlockCausal", "SlotMemory", "attention", "block_causal_mask", "reference_attention",
-           "resolve"]
+__all__ = ["AttnImpl", "BlockCausal", "SlotMemory", "attention", "block_causal_mask", "dense_attention",
+           "dense_memory_attention", "resolve"]

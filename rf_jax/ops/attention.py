@@ -1,15 +1,18 @@
 """The one dispatch point for attention backends.
 
 Every attention in the package goes through `attention(...)`: the chunk's queries attend to the keys of a memory
-(frame slots of a reservoir read through a slot table, rotated to the policy's RoPE positions) and to the chunk's
-own keys, under no mask, the structured block-causal training mask, or (reference/cudnn only) a dense bool mask.
+(frame slots of a head-major reservoir read through a slot table, keys stored rotated, plus an extra rotation for
+entries the policy moved) and to the chunk's own keys, under no mask, the structured block-causal training mask, or
+(reference/cudnn only) a dense bool mask. Cross-attention to a prompt passes `key_bias` (the log-multiplicity of
+merged padding rows, `rf_jax.model.dit.TextKV`), which the XLA path takes on every backend (it is small).
 Backends are an enum; kernels live in `rf_jax.kernels`. They are imported with this module, not when first
 traced: importing Pallas registers config options, and a registration during a trace changes the tracing context,
 so the next call of the enclosing jit would trace (and compile) again.
 
-  reference    plain XLA einsum + softmax; gathers and rotates the memory; materialises the logits. The oracle.
+  reference    plain XLA (`rf_jax.ops.reference`): the chunk's keys, then an online-softmax loop over the valid
+               memory entries only, read in place. The dense oracle the tests compare with is `rf_jax.ops.oracle`.
   cudnn        jax.nn.dot_product_attention(implementation="cudnn") on [chunk keys, valid memory entries first]
-               with the valid length as a padding mask; bf16/fp16 only. Memory keys are gathered and rotated first.
+               with the valid length as a padding mask; bf16/fp16 only. Memory keys are gathered (and turned) first.
   pallas_gpu   rf_jax.kernels.gpu_attention (Pallas on Triton): slot table in place, RoPE fused, invalid entries
                and masked-off blocks skipped.
   pallas_tpu   rf_jax.kernels.tpu_attention (Pallas Mosaic): slot table by scalar prefetch, RoPE fused.
@@ -30,8 +33,9 @@ import jax.numpy as jnp
 
 from rf_jax.kernels import gpu_attention, tpu_attention
 from rf_jax.ops.masks import BlockCausal
+from rf_jax.ops import reference
 from rf_jax.ops.memory import SlotMemory, compact_entries
-from rf_jax.ops.reference import dense_mask, gather_memory, reference_memory_attention
+from rf_jax.ops.oracle import dense_mask, gather_memory
 
 Array = jax.Array
 
@@ -92,23 +96,30 @@ def resolve(impl: "AttnImpl | str", dtype, mask=None) -> AttnImpl:
 
 
 def attention(q: Array, k: Array, v: Array, *, memory: SlotMemory | None = None,
-              mask: BlockCausal | Array | None = None, impl: AttnImpl | str = AttnImpl.AUTO) -> Array:
-  """softmax(q K^T / sqrt(H)) V over keys [memory entries..., chunk keys...], logits and softmax in float32.
+              mask: BlockCausal | Array | None = None, key_bias: Array | None = None,
+              impl: AttnImpl | str = AttnImpl.AUTO) -> Array:
+  """softmax(q K^T / sqrt(H) + bias) V over keys [memory entries..., chunk keys...], logits and softmax in float32.
 
   q: [B, T, N, H] with RoPE applied; k, v: [B, S, N, H] the chunk's keys (RoPE applied) and values; memory: the
-  layer's memory (keys before RoPE; see `SlotMemory`); mask among the chunk's tokens: None (full), a
-  `BlockCausal`, or a dense bool array broadcastable to [B, N, T, S] (True = may attend). Memory entries are masked
-  by their validity only. Returns [B, T, N, H] in q's dtype.
+  layer's memory (see `SlotMemory`); mask among the chunk's tokens: None (full), a `BlockCausal`, or a dense bool
+  array broadcastable to [B, N, T, S] (True = may attend); key_bias: float32 [B, S] added to the chunk keys' logits
+  (no memory with it). Memory entries are masked by their validity only. Returns [B, T, N, H] in q's dtype.
   """
   impl = resolve(impl, q.dtype, mask)
+  if key_bias is not None:
+    if memory is not None:
+      raise ValueError("attention: key_bias is for keys without a memory (cross-attention)")
+    impl = AttnImpl.REFERENCE  # prompt keys are few; the bias is the XLA path's
   mesh = _dispatch_mesh(mask)
   if mesh is not None:  # split over the mesh's samples and heads; each device runs `impl` on its part
     from rf_jax.ops.sharded import sharded_attention
     return sharded_attention(mesh, batch_axis=("data", "fsdp"), head_axis="tensor", impl=impl,
-                             mask=mask)(q, k, v, memory)
+                             mask=mask)(q, k, v, memory, key_bias)
+  if memory is not None and impl is not AttnImpl.REFERENCE:
+    memory = memory.of_layer()  # the kernels and cuDNN take one layer's reservoir
   match impl:
     case AttnImpl.REFERENCE:
-      return reference_memory_attention(q, k, v, memory, mask)
+      return reference.memory_attention(q, k, v, memory, mask, key_bias)
     case AttnImpl.CUDNN:
       return cudnn_attention(q, k, v, memory, mask)
     case AttnImpl.PALLAS_GPU:
@@ -144,12 +155,12 @@ def cudnn_attention(q: Array, k: Array, v: Array, memory: SlotMemory | None, mas
   lengths = None
   if memory is not None:
     count, entry, slot = compact_entries(memory)
-    take = lambda a: jnp.take_along_axis(a, entry[:, :, None, None], axis=1)  # noqa: E731  [B, M, Q, h]
+    take = lambda a: jnp.take_along_axis(a, entry[:, :, None, None], axis=1)  # noqa: E731  [B, M, Q, H/2]
     angles = (None, None) if memory.cos is None else (take(memory.cos), take(memory.sin))
     ordered = SlotMemory(memory.k, memory.v, slot, jnp.take_along_axis(memory.valid, entry, axis=1), *angles)
     mk, mv = gather_memory(ordered, q.dtype)
     k, v = jnp.concatenate([k, mk], axis=1), jnp.concatenate([v, mv], axis=1)
-    lengths = s + count * memory.k.shape[2]  # [B]
+    lengths = s + count * memory.frame_tokens  # [B]
     if mask is not None:
       full = dense_mask(ordered, mask, b, t, s)  # [B, 1, T, M*Q + S] over [memory..., chunk...]
       mask = jnp.concatenate([full[..., -s:], full[..., :-s]], axis=-1)

@@ -1,7 +1,18 @@
-"""Plain XLA attention: the oracle every other backend is tested against.
+"""The `reference` backend: attention in plain XLA that pays only for the keys it reads (what `auto` runs on CPU and
+TPU, and the fallback everywhere).
+
+  chunk part    the chunk's own keys, under no mask, a `BlockCausal` mask or a dense one: logits [B, N, T, S].
+  memory part   an online-softmax loop over the valid memory entries only. Entries are compacted (valid first) and
+                read `g` whole frames per step straight from the head-major reservoir through the slot table, turned
+                by their extra rotation when they have one; the loop runs ceil(count / g) times, so an empty memory
+                costs nothing and a half-filled one half. No mask or logits exist for keys that are not read.
+
+Softmax is normalised once at the end (flash style): logits, running maxima, sums and the accumulator are float32.
+Queries and keys are multiplied head-major ([B, N, T, H] x [B, N, S, H]), the layout XLA's batched matmuls want, so
+the only transposes are of the chunk's own tokens.
 
 Letters: B batch, T query tokens, S chunk keys, R reservoir slots, M memory entries, Q tokens per frame, N heads,
-H head dim.
+H head dim, g frames per loop step.
 """
 
 from __future__ import annotations
@@ -10,67 +21,89 @@ import jax
 import jax.numpy as jnp
 
 from rf_jax.ops.masks import BlockCausal
-from rf_jax.ops.memory import SlotMemory
-from rf_jax.ops.rope import apply_rope
+from rf_jax.ops.memory import SlotMemory, compact_entries
+from rf_jax.ops.oracle import MASKED
+from rf_jax.ops.rope import rotate
 
 Array = jax.Array
 
-_MASKED = -1e30  # finite, so a row with every key masked gives a uniform average rather than NaN
+BLOCK_KEYS = 128  # a loop step reads about this many memory keys or more: max(1, round(BLOCK_KEYS / Q)) frames
 
 
-def reference_attention(q: Array, k: Array, v: Array, mask: Array | None = None) -> Array:
-  """softmax(q k^T / sqrt(H)) v with logits and softmax in float32.
+def frames_per_step(frame_tokens: int, entries: int) -> int:
+  """g: whole frames the memory loop reads per step (about BLOCK_KEYS keys, at least one frame)."""
+  return min(entries, max(1, round(BLOCK_KEYS / frame_tokens)))
 
-  q: [B, T, N, H]; k, v: [B, S, N, H]; mask: bool, broadcastable to [B, N, T, S] (True = may attend).
-  Returns [B, T, N, H] in q's dtype.
+
+def memory_attention(q: Array, k: Array, v: Array, memory: SlotMemory | None = None,
+                     mask: BlockCausal | Array | None = None, key_bias: Array | None = None) -> Array:
+  """softmax(q K^T / sqrt(H) + key_bias) V over keys [valid memory entries..., chunk keys...].
+
+  q: [B, T, N, H] (RoPE applied); k, v: [B, S, N, H] the chunk's keys and values; memory: see `SlotMemory`; mask
+  among the chunk's tokens (None, BlockCausal, or bool broadcastable to [B, N, T, S]); key_bias: float32 [B, S]
+  added to the chunk keys' logits. Returns [B, T, N, H] in q's dtype.
   """
-  scale = q.shape[-1] ** -0.5
-  logits = jnp.einsum("BTNH,BSNH->BNTS", q, k, preferred_element_type=jnp.float32) * scale  # [B, N, T, S]
+  t, h = q.shape[1], q.shape[-1]
+  qh = jnp.swapaxes(q * jnp.asarray(h ** -0.5, q.dtype), 1, 2)  # [B, N, T, H], scaled once (not every logit)
+  kh, vh = jnp.swapaxes(k, 1, 2), jnp.swapaxes(v, 1, 2)  # [B, N, S, H]
+  logits = jnp.einsum("bnth,bnsh->bnts", qh, kh, preferred_element_type=jnp.float32)  # [B, N, T, S]
+  if key_bias is not None:
+    logits = logits + key_bias[:, None, None, :].astype(jnp.float32)
   if mask is not None:
-    logits = jnp.where(mask, logits, _MASKED)
-  probs = jax.nn.softmax(logits, axis=-1)
-  out = jnp.einsum("BNTS,BSNH->BTNH", probs.astype(v.dtype), v, preferred_element_type=jnp.float32)
-  return out.astype(q.dtype)
-
-
-def gather_memory(memory: SlotMemory, dtype) -> tuple[Array, Array]:
-  """The memory's keys rotated to their positions and its values, as dense keys: [B, M*Q, N, H] each, in `dtype`."""
-  k, v = memory.k, memory.v
-  if memory.slots is not None:
-    idx = memory.slots.astype(jnp.int32)[:, :, None, None, None]  # [B, M, 1, 1, 1]
-    k = jnp.take_along_axis(k, idx, axis=1, mode="clip")  # [B, M, Q, N, H]
-    v = jnp.take_along_axis(v, idx, axis=1, mode="clip")
-  k = k.astype(dtype) if memory.cos is None else apply_rope(k.astype(dtype), memory.cos, memory.sin)
-  b, m, q_len, n, h = k.shape
-  return k.reshape(b, m * q_len, n, h), v.astype(dtype).reshape(b, m * q_len, n, h)
-
-
-def dense_mask(memory: SlotMemory | None, mask, batch: int, num_queries: int, num_keys: int) -> Array | None:
-  """bool [B, 1, T, M*Q + S] (or None) over keys [memory entries..., chunk keys...]."""
-  if isinstance(mask, BlockCausal):
-    mask = mask.dense(num_queries)
-  if memory is None:
-    return None if mask is None else jnp.asarray(mask, bool)
-  chunk = jnp.ones((num_queries, num_keys), bool) if mask is None else jnp.asarray(mask, bool)
-  chunk = jnp.broadcast_to(chunk, (batch, 1, num_queries, num_keys))
-  q_len = memory.k.shape[2]
-  slots = jnp.repeat(memory.valid.astype(bool), q_len, axis=1)  # [B, M*Q]
-  slots = jnp.broadcast_to(slots[:, None, None, :], (batch, 1, num_queries, slots.shape[1]))
-  return jnp.concatenate([slots, chunk], axis=-1)
-
-
-def rotate_memory(memory: SlotMemory, dtype) -> SlotMemory:
-  """The memory with its entries gathered and rotated by XLA: M contiguous, already-rotated slots."""
-  k, v = gather_memory(memory, dtype)
-  b, m = memory.valid.shape
-  shape = (b, m, memory.k.shape[2], *memory.k.shape[3:])
-  return SlotMemory(k.reshape(shape), v.reshape(shape), None, memory.valid, None, None)
-
-
-def reference_memory_attention(q: Array, k: Array, v: Array, memory: SlotMemory | None, mask) -> Array:
-  """Attention of the chunk's queries to [memory entries..., chunk keys...]; see `rf_jax.ops.attention`."""
-  full_mask = dense_mask(memory, mask, q.shape[0], q.shape[1], k.shape[1])
+    dense = mask.dense(t) if isinstance(mask, BlockCausal) else mask
+    logits = jnp.where(jnp.asarray(dense, bool), logits, MASKED)
+  peak = logits.max(axis=-1)  # [B, N, T]
+  p = jnp.exp(logits - peak[..., None])
+  carry = (jnp.einsum("bnts,bnsh->bnth", p.astype(vh.dtype), vh, preferred_element_type=jnp.float32),
+           peak, p.sum(axis=-1))
   if memory is not None:
-    mk, mv = gather_memory(memory, k.dtype)
-    k, v = jnp.concatenate([mk, k], axis=1), jnp.concatenate([mv, v], axis=1)
-  return reference_attention(q, k, v, full_mask)
+    carry = _memory_loop(qh, memory, carry)
+  acc, _, total = carry
+  return jnp.swapaxes(acc / total[..., None], 1, 2).astype(q.dtype)
+
+
+def _memory_loop(qh: Array, memory: SlotMemory, carry):
+  """Folds the valid memory entries into the online softmax (qh scaled; acc [B, N, T, H], peak and total
+  [B, N, T])."""
+  b, n, _, h = qh.shape
+  q_len, m = memory.frame_tokens, memory.num_entries
+  g = frames_per_step(q_len, m)
+  count, entry, slot = compact_entries(memory)  # [B], [B, M], [B, M]
+  masked = g > 1 or b > 1  # a step may hold entries past some sample's count
+
+  def step(i, carry):
+    acc, peak, total = carry
+    rank = i * g + jnp.arange(g, dtype=jnp.int32)  # [g] positions in the compacted table
+    keep = rank[None, :] < count[:, None]  # [B, g]
+    at = jnp.where(keep, rank[None, :], 0)  # past a sample's count: its first entry again (never invalid data)
+    where = jnp.take_along_axis(slot, at, axis=1)  # [B, g]
+    kb, vb = _frames(memory.k, memory.layer, where), _frames(memory.v, memory.layer, where)  # [B, N, g, Q, H]
+    if masked:
+      vb = jnp.where(keep[:, None, :, None, None], vb, 0)
+    if memory.cos is not None:
+      e = jnp.take_along_axis(entry, at, axis=1)[:, :, None, None]  # [B, g, 1, 1]
+      cos = jnp.take_along_axis(memory.cos, e, axis=1, mode="clip")[:, None]  # [B, 1, g, Q, H/2]
+      sin = jnp.take_along_axis(memory.sin, e, axis=1, mode="clip")[:, None]
+      kb = rotate(kb, cos, sin)
+    kb = kb.reshape(b, n, g * q_len, h).astype(qh.dtype)
+    vb = vb.reshape(b, n, g * q_len, h).astype(qh.dtype)
+    logits = jnp.einsum("bnth,bnsh->bnts", qh, kb, preferred_element_type=jnp.float32)  # [B, N, T, g*Q]
+    if masked:
+      logits = jnp.where(jnp.repeat(keep, q_len, axis=1)[:, None, None, :], logits, MASKED)  # [B, g*Q] keys
+    new = jnp.maximum(peak, logits.max(axis=-1))
+    alpha = jnp.exp(peak - new)
+    p = jnp.exp(logits - new[..., None])
+    acc = acc * alpha[..., None] + jnp.einsum("bnts,bnsh->bnth", p.astype(vb.dtype), vb,
+                                              preferred_element_type=jnp.float32)
+    return acc, new, total * alpha + p.sum(axis=-1)
+
+  steps = (jnp.max(count) + g - 1) // g
+  return jax.lax.fori_loop(0, steps, step, carry)
+
+
+def _frames(a: Array, layer: Array | None, slots: Array) -> Array:
+  """Frames `slots` [B, g] of each sample from a reservoir [B, N, R, Q, H] (or layer `layer` of [L, B, N, R, Q,
+  H], read in place) -> [B, N, g, Q, H]: one gather of just those frames."""
+  rows = jnp.arange(slots.shape[0])[:, None]  # [B, 1]
+  got = a[rows, :, slots] if layer is None else a[layer, rows, :, slots]  # [B, g, N, Q, H]
+  return jnp.swapaxes(got, 1, 2)

@@ -21,8 +21,8 @@ def sharded_attention(mesh, *, batch_axis: str | tuple[str, ...] | None = "data"
   """A function (q, k, v, memory) -> out like `attention`, run under shard_map on `mesh` (a Mesh or the
   AbstractMesh of the context). `batch_axis` may name several axes (samples split over their product).
 
-  q, k, v: [B, T|S, N, H] split as P(batch_axis, None, head_axis, None); memory k/v [B, R, Q, N, H] likewise;
-  slots/valid [B, M] and cos/sin [B, M, Q, H/2] split by batch. B must divide by the batch axis size and N by the
+  q, k, v: [B, T|S, N, H] split as P(batch_axis, None, head_axis, None); memory k/v [B, N, R, Q, H] by batch and
+  heads; slots/valid [B, M], cos/sin [B, M, Q, H/2] and a key bias [B, S] split by batch. B must divide by the batch axis size and N by the
   head axis size. On a mesh with Explicit axes the inputs must already be placed so (`place` does it).
   """
   batch_names = batch_axis if isinstance(batch_axis, tuple) else (batch_axis,)
@@ -38,9 +38,12 @@ def sharded_attention(mesh, *, batch_axis: str | tuple[str, ...] | None = "data"
   def memory_spec(memory: SlotMemory | None):
     if memory is None:
       return None
-    frames = P(batch_axis, None, None, head_axis, None)
+    frames = P(batch_axis, head_axis, None, None, None)
+    if memory.layer is not None:  # stacked over layers
+      frames = P(None, *frames)
     opt = lambda a: None if a is None else per_sample  # noqa: E731
-    return SlotMemory(frames, frames, opt(memory.slots), per_sample, opt(memory.cos), opt(memory.sin))
+    return SlotMemory(frames, frames, opt(memory.slots), per_sample, opt(memory.cos), opt(memory.sin),
+                      None if memory.layer is None else P())
 
   def place(q, k, v, memory=None):
     """device_put of the inputs with the shardings the function expects."""
@@ -48,19 +51,21 @@ def sharded_attention(mesh, *, batch_axis: str | tuple[str, ...] | None = "data"
     specs = (tokens, tokens, tokens, memory_spec(memory))
     return jax.tree.map(put, (q, k, v, memory), specs, is_leaf=lambda x: x is None)
 
-  def run(q, k, v, memory=None):
+  def run(q, k, v, memory=None, key_bias=None):
     b, _, n, _ = q.shape
     for name, size, parts, what in ((batch_axis, b, batch_size, "batch"),
                                     (head_axis, n, 1 if head_axis is None else mesh.shape[head_axis], "heads")):
       if name is not None and size % parts:
         raise ValueError(f"{what}={size} does not divide over mesh axis {name!r} of size {parts}")
+    bias_spec = None if key_bias is None else per_sample
     fn = jax.shard_map(functools.partial(_local, impl=impl, mask=mask), mesh=mesh,
-                       in_specs=(tokens, tokens, tokens, memory_spec(memory)), out_specs=tokens, check_vma=False)
-    return fn(q, k, v, memory)
+                       in_specs=(tokens, tokens, tokens, memory_spec(memory), bias_spec), out_specs=tokens,
+                       check_vma=False)
+    return fn(q, k, v, memory, key_bias)
 
   run.place = place
   return run
 
 
-def _local(q, k, v, memory, *, impl, mask):
-  return attention(q, k, v, memory=memory, mask=mask, impl=impl)
+def _local(q, k, v, memory, key_bias, *, impl, mask):
+  return attention(q, k, v, memory=memory, mask=mask, key_bias=key_bias, impl=impl)

@@ -28,8 +28,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from rf_jax.memory import Chunk, Geometry, Policy, check_position_span, rebase
-from rf_jax.model.attention import FrameKV
+from rf_jax import compile_cache
+from rf_jax.memory import Chunk, Geometry, Policy, check_video_length
 from rf_jax.model.dit import CausalWanDiT, TextKV
 from rf_jax.parallel import placement
 from rf_jax.sampling.schedule import FlowSchedule
@@ -99,38 +99,47 @@ def _chunk_step(graphdef, policy: Policy, sampler: Sampler, record_calls: bool, 
   counter[0] += 1  # runs once per trace, i.e. per compilation
   model: CausalWanDiT = nnx.merge(graphdef, model_state)
   f = sampler.chunk_frames
-  chunk = Chunk(jnp.asarray(chunk_index, jnp.int32) * f, f)
+  cfg = model.config
+  grid = (noise.shape[2] // cfg.patch_size[1], noise.shape[3] // cfg.patch_size[2])
+  chunk = Chunk(jnp.asarray(chunk_index, jnp.int32) * f, f, grid)
   b = noise.shape[0]
   n_steps = timesteps.shape[0]
   mem_state, ctx = policy.begin_chunk(params, mem_state, chunk)
+  sig = sampler.schedule.sigma(timesteps.astype(jnp.float32))  # [S]
+  sig_next = jnp.concatenate([sig[1:], jnp.zeros((1,), jnp.float32)])  # the last step's x0 is the output
 
-  ts = jnp.concatenate([timesteps.astype(jnp.float32), jnp.full((1,), sampler.context_noise, jnp.float32)])
-  sig = sampler.schedule.sigma(ts)  # [S + 1]
-  eps = jnp.concatenate([renoise.astype(jnp.float32),
-                         jnp.zeros((2, *noise.shape), jnp.float32)])[:n_steps + 1]  # [S + 1, B, F, ...]
-  cfg = model.config
-  kv_shape = (cfg.num_layers, b, f, _tokens(cfg, noise.shape), cfg.num_heads, cfg.head_dim)
-  kv0 = FrameKV(jnp.zeros(kv_shape, model.dtype), jnp.zeros(kv_shape, model.dtype))
-
-  def call(carry, k):
-    x, st, out, _ = carry
-    view = rebase(policy.call_view(params, st, ctx, chunk))
-    t = jnp.full((b, f), ts[k])
+  def denoise(carry, k):
+    x, st = carry
+    view = policy.call_view(params, st, ctx, chunk)
+    t = jnp.full((b, f), timesteps[k].astype(jnp.float32))
     if view.hook is None:
-      flow, kv = model(x, t, text, frame_pos=view.chunk_pos, self_mask=None, memory=view.memory)
+      flow, _ = model(x, t, text, frame_pos=view.chunk_pos, self_mask=None, memory=view.memory)
       aux = None
     else:
-      flow, kv, aux = model.call_with_hook(x, t, text, frame_pos=view.chunk_pos, self_mask=None,
+      flow, _, aux = model.call_with_hook(x, t, text, frame_pos=view.chunk_pos, self_mask=None,
                                            memory=view.memory, hook=view.hook)
     st, call_trace = policy.after_call(params, st, ctx, aux)
     x0 = x - sig[k] * flow  # [B, F, Hl, Wl, C] float32
-    e = sampler.step_noise(eps[k], x, flow.astype(jnp.float32), sig[k])  # eta 0: the flow ODE's Euler step
-    nxt = jnp.where(k < n_steps - 1, (1 - sig[k + 1]) * x0 + sig[k + 1] * e, x0)
-    out = jnp.where(k == n_steps - 1, x0, out)
-    return (nxt, st, out, kv), (x0 if record_calls else None, call_trace)
+    e = sampler.step_noise(renoise[jnp.minimum(k, n_steps - 2)].astype(jnp.float32) if n_steps > 1 else x0, x,
+                           flow.astype(jnp.float32), sig[k])  # eta 0: the flow ODE's Euler step
+    nxt = jnp.where(k < n_steps - 1, (1 - sig_next[k]) * x0 + sig_next[k] * e, x0)
+    return (nxt, st), (x0 if record_calls else None, call_trace)
 
-  init = (noise.astype(jnp.float32), mem_state, jnp.zeros(noise.shape, jnp.float32), kv0)
-  (_, mem_state, latents, kv), (call_x0, calls) = jax.lax.scan(call, init, jnp.arange(n_steps + 1))
+  (latents, mem_state), (call_x0, calls) = jax.lax.scan(denoise, (noise.astype(jnp.float32), mem_state),
+                                                        jnp.arange(n_steps))
+  # The refill: the clean chunk at `context_noise`, for the keys and values the memory stores. Only those are
+  # computed, unless the calls are recorded (then the whole call runs, for its x0 estimate).
+  view = policy.call_view(params, mem_state, ctx, chunk)
+  t = jnp.full((b, f), sampler.context_noise, jnp.float32)
+  if record_calls:
+    flow, kv, aux = model.call_with_hook(latents, t, text, frame_pos=view.chunk_pos, self_mask=None,
+                                         memory=view.memory, hook=view.hook)
+    sigma = sampler.schedule.sigma(jnp.asarray([sampler.context_noise], jnp.float32))[0]
+    call_x0 = jnp.concatenate([call_x0, (latents - sigma * flow)[None]])
+  else:
+    kv, aux = model.refill_kv(latents, t, text, frame_pos=view.chunk_pos, memory=view.memory, hook=view.hook)
+  mem_state, refill_trace = policy.after_call(params, mem_state, ctx, aux)
+  calls = jax.tree.map(lambda a, r: jnp.concatenate([a, r[None]]), calls, refill_trace)  # [S + 1, ...]
   mem_state, trace = policy.end_chunk(params, mem_state, ctx, kv, chunk)
   return mem_state, ChunkOut(latents, trace, calls, call_x0)
 
@@ -138,6 +147,17 @@ def _chunk_step(graphdef, policy: Policy, sampler: Sampler, record_calls: bool, 
 def _tokens(cfg, latent_shape) -> int:
   _, _, hl, wl, _ = latent_shape
   return (hl // cfg.patch_size[1]) * (wl // cfg.patch_size[2])
+
+
+TEXT_ROW_BUCKET = 32
+
+
+def text_rows(context) -> int:
+  """Prompt rows worth keeping: up to the last row any sample uses (Wan pads prompts with zero rows), rounded up to
+  a multiple of 32 so that prompts of similar length share a compiled step; at most the rows given."""
+  used = np.flatnonzero(np.any(np.asarray(context) != 0, axis=(0, 2)))
+  n = int(used[-1]) + 1 if used.size else 0
+  return min(context.shape[1], max(TEXT_ROW_BUCKET, -(-n // TEXT_ROW_BUCKET) * TEXT_ROW_BUCKET))
 
 
 def chunk_noise(key: Array, chunk_index: Array, shape: tuple[int, ...], n_steps: int) -> tuple[Array, Array]:
@@ -164,6 +184,10 @@ class Rollout:
   `step` runs one chunk (jitted once, reused for every chunk); `run` loops over chunks on the host (for progress
   and streaming output); `run_scan` puts the whole rollout inside one `lax.scan` (for sweeps under vmap/jit).
 
+  Prompts: the zero rows Wan pads a prompt with are cut (`text_rows`) and stand for one key in cross-attention
+  (`TextKV`). The rows kept are part of the compiled shape: `text_rows=` fixes them for every prompt this rollout
+  will see (a sweep passes the most its prompts need), else each context keeps its own, rounded up to 32.
+
   With `mesh` (axes data, fsdp, tensor; `rf_jax.parallel.make_mesh`) the rollout runs sharded: parameters by the
   partition rules, the memory state and per-sample arrays over data x fsdp and heads over tensor. Same numbers as
   one device up to float reassociation.
@@ -171,7 +195,7 @@ class Rollout:
 
   def __init__(self, model: CausalWanDiT, policy: Policy, sampler: Sampler, *, batch: int,
                latent_hw: tuple[int, int], frames: int, record_calls: bool = False,
-               mesh: jax.sharding.Mesh | None = None):
+               mesh: jax.sharding.Mesh | None = None, text_rows: int | None = None):
     cfg = model.config
     f = sampler.chunk_frames
     if frames < f or frames % f:
@@ -180,7 +204,7 @@ class Rollout:
     if hl % cfg.patch_size[1] or wl % cfg.patch_size[2]:
       raise ValueError(f"latent size {latent_hw} is not divisible by the patch {cfg.patch_size[1:]}")
     policy.validate(f)
-    check_position_span(policy, frames, f)
+    check_video_length(policy, frames, f)
     self.model_config = cfg
     self.policy = policy
     self.sampler = sampler
@@ -191,10 +215,14 @@ class Rollout:
     self.geometry = Geometry(cfg.num_layers, batch, _tokens(cfg, (1, 1, hl, wl, 1)), cfg.num_heads, cfg.head_dim,
                              f, frames, model.dtype)
     self.mesh = mesh
+    if text_rows is not None and not 1 <= text_rows <= cfg.text_len:
+      raise ValueError(f"text_rows={text_rows} must be in [1, text_len={cfg.text_len}]")
+    self.text_rows = text_rows
     self.params = policy.params()
     self.timesteps = jnp.asarray(sampler.timesteps, jnp.float32)
     self._traces = [0]
     self.final_state = None  # the memory after the last `run` (to inspect it, or continue with `step`)
+    self.step_compile = None  # where the chunk step's last compilation came from (`rf_jax.compile_cache.outcome`)
     n_steps = len(sampler.timesteps)
     if mesh is None:
       self.graphdef, self.model_state = nnx.split(model)
@@ -249,17 +277,52 @@ class Rollout:
       return self._init()
 
   def text_kv(self, context: Array) -> TextKV:
+    """The prompt's cross-attention keys/values: context [B, P, text_dim] (host or device array)."""
     if context.ndim != 3 or context.shape[0] != self.batch:
       raise ValueError(f"context has shape {context.shape}; expected [B={self.batch}, P, text_dim]")
+    if isinstance(context, jax.core.Tracer):  # inside a caller's trace: no values to look at
+      rows = self.text_rows or context.shape[1]
+      return self._text(self.model_state, context[:, :rows]) if rows <= context.shape[1] else self._text(
+          self.model_state, jnp.pad(context, ((0, 0), (0, rows - context.shape[1]), (0, 0))))
+    context = np.asarray(context)
+    rows = self.text_rows or text_rows(context)
+    if rows < context.shape[1]:
+      if np.any(context[:, rows:]):
+        raise ValueError(f"context has non-zero rows past text_rows={rows} (it uses "
+                         f"{text_rows(context)}); raise text_rows")
+      context = context[:, :rows]
+    elif rows > context.shape[1]:
+      context = np.pad(context, ((0, 0), (0, rows - context.shape[1]), (0, 0)))
     with self.on_mesh():
       return self._text(self.model_state, self._per_sample(context))
+
+  def lower(self, text_rows: int | None = None) -> jax.stages.Lowered:
+    """The chunk step lowered with abstract inputs (nothing runs, nothing is allocated; the model may be abstract,
+    from `nnx.eval_shape`), for `text_rows` prompt rows (default: this rollout's, else text_len). Compile it to
+    inspect the program (`rf_jax.cost`)."""
+    cfg, geom = self.model_config, self.geometry
+    rows = text_rows or self.text_rows or cfg.text_len
+    keys = rows + 1 if rows < cfg.text_len else rows  # the merged padding row (TextKV)
+    sds = jax.ShapeDtypeStruct
+    kv = sds((cfg.num_layers, self.batch, keys, cfg.num_heads, cfg.head_dim), geom.dtype)
+    text = TextKV(kv, kv, sds((self.batch, keys), jnp.float32) if keys != rows else None)
+    steps = len(self.sampler.timesteps)
+    state = jax.eval_shape(lambda: self.policy.init(geom))
+    with self.on_mesh():
+      return self._step.lower(self.model_state, self.params, state, text, sds((), jnp.int32),
+                              sds(self.chunk_shape, jnp.float32), sds((steps - 1, *self.chunk_shape), jnp.float32),
+                              self.timesteps)
 
   def step(self, state, text: TextKV, chunk_index: int, noise: Array, renoise: Array, params=None):
     """One chunk: returns (new state, ChunkOut). `state` is donated."""
     params = self.params if params is None else params
+    compiles, cache = self.compile_count, compile_cache.events()
     with self.on_mesh():
-      return self._step(self.model_state, params, state, text, jnp.asarray(chunk_index, jnp.int32),
-                        self._per_sample(noise), self._per_sample(renoise, 1), self.timesteps)
+      out = self._step(self.model_state, params, state, text, jnp.asarray(chunk_index, jnp.int32),
+                       self._per_sample(noise), self._per_sample(renoise, 1), self.timesteps)
+    if self.compile_count > compiles:
+      self.step_compile = compile_cache.outcome(cache)
+    return out
 
   def noise(self, key: Array, chunk_index: int) -> tuple[Array, Array]:
     """The chunk's noise from one key for the batch, or from one key per sample (`key` of shape [B])."""

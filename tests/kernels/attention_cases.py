@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from rf_jax.ops import SlotMemory
-from rf_jax.ops.reference import reference_memory_attention
+from rf_jax.ops.oracle import dense_memory_attention
 
 TOLERANCE = {jnp.float32: 1e-5, jnp.bfloat16: 2e-2}
 
@@ -25,14 +25,14 @@ def make_problem(*, batch=2, frames=2, frame_tokens=12, heads=2, head_dim=64, re
     valid[0, 0], valid[-1, -1] = True, False  # at least one entry used and one skipped
   ang = rng.uniform(0, 2 * np.pi, (batch, entries, frame_tokens, head_dim // 2))
   cos, sin = (None, None) if rotated else (jnp.asarray(np.cos(ang), jnp.float32), jnp.asarray(np.sin(ang), jnp.float32))
-  memory = SlotMemory(f(batch, reservoir, frame_tokens, heads, head_dim), f(batch, reservoir, frame_tokens, heads, head_dim),
+  memory = SlotMemory(f(batch, heads, reservoir, frame_tokens, head_dim), f(batch, heads, reservoir, frame_tokens, head_dim),
                       jnp.asarray(slots), jnp.asarray(valid), cos, sin)
   return q, k, v, memory
 
 
 def rel_err(out, q, k, v, memory, mask):
-  ref = reference_memory_attention(q.astype(jnp.float32), k.astype(jnp.float32), v.astype(jnp.float32),
-                                   _f32(memory), mask)
+  ref = dense_memory_attention(q.astype(jnp.float32), k.astype(jnp.float32), v.astype(jnp.float32),
+                               _f32(memory), mask)
   out = jnp.asarray(out, jnp.float32)
   assert out.shape == ref.shape and bool(jnp.all(jnp.isfinite(out)))
   return float(jnp.max(jnp.abs(out - ref)) / jnp.max(jnp.abs(ref)))

@@ -1,4 +1,4 @@
-"""The Pallas GPU memory-attention kernel against the reference: interpret mode on CPU, compiled on a GPU."""
+"""The Pallas GPU memory-attention kernel against the dense oracle: interpret mode on CPU, compiled on a GPU."""
 
 import functools
 
@@ -49,10 +49,10 @@ def test_empty_memory_equals_no_memory():
 
 def test_gradients_match_reference():
   q, k, v, mem = make_problem(seed=7)
-  from rf_jax.ops.reference import reference_memory_attention
+  from rf_jax.ops.oracle import dense_memory_attention
   loss = lambda fn: lambda q, k, v, mk: jnp.sum(jnp.sin(fn(q, k, v, mem._replace(k=mk))))  # noqa: E731
   got = jax.grad(loss(interpret), argnums=(0, 1, 2, 3))(q, k, v, mem.k)
-  ref = jax.grad(loss(lambda q, k, v, m: reference_memory_attention(q, k, v, m, None)), argnums=(0, 1, 2, 3))(
+  ref = jax.grad(loss(lambda q, k, v, m: dense_memory_attention(q, k, v, m, None)), argnums=(0, 1, 2, 3))(
       q, k, v, mem.k)
   for g, r in zip(got, ref):
     np.testing.assert_allclose(g, r, rtol=1e-4, atol=1e-5)

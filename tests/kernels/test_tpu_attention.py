@@ -1,4 +1,4 @@
-"""The Pallas TPU (Mosaic) memory-attention kernel against the reference, in interpret mode on CPU.
+"""The Pallas TPU (Mosaic) memory-attention kernel against the dense oracle, in interpret mode on CPU.
 
 No TPU was available to this project: these tests check the kernel's semantics (scalar-prefetched slot table,
 skipped steps, fused RoPE by lane rolls, block-causal skipping), not Mosaic's acceptance of its layouts.

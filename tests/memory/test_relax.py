@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from rf_jax.memory import Chunk, RelaxPolicy, candidate_table
-from rf_jax.memory.reservoir import Geometry, init_reservoir, write_frames
+from rf_jax.memory.relax import live_ring
+from rf_jax.memory.reservoir import Geometry, init_reservoir, stored_kv, write_frames
 from rf_jax.model.attention import FrameKV
 
 F = 3
@@ -23,7 +24,7 @@ def random_memory(policy, frames, batch=1, seed=0, layers=2, q=3, n=2, h=8):
   keys += rng.normal(size=(1, batch, frames, 1, 1, h)).astype(np.float32)  # a per-frame direction
   for c in range(0, frames, F):
     kv = FrameKV(jnp.asarray(keys[:, :, c:c + F]), jnp.asarray(keys[:, :, c:c + F] * 2))
-    res = write_frames(res, kv, c, policy.sink_frames)
+    res = write_frames(res, kv, c, policy.sink_frames, (1, q))
   return res, keys
 
 
@@ -92,10 +93,38 @@ def test_choice_is_the_argmax_of_an_independent_score_and_the_view_is_sink_histo
     assert trace["memory_frames"][0].tolist() == [0, 1, chosen, c - 1]  # the tail is the previous frame
     expected_pos = [c - 4, c - 3, c - 2, c - 1] if positions == "hybrid" else [0, 1, chosen, c - 1]
     assert trace["memory_positions"][0].tolist() == expected_pos
-    # the view's slot table points at the stored keys of exactly those frames, in every layer
+    # the view's slot table points at the stored keys of exactly those frames, in every layer (keys rotated at
+    # their frame index, head-major); hybrid turns the sink and history by the distance they move, the tail not
     slots = np.asarray(view.slots)[0]
-    np.testing.assert_array_equal(np.asarray(view.k)[:, 0, slots], keys[:, 0, [0, 1, chosen, c - 1]])
-    np.testing.assert_array_equal(np.asarray(view.v)[:, 0, slots], 2 * keys[:, 0, [0, 1, chosen, c - 1]])
+    frames = [0, 1, chosen, c - 1]
+    want = stored_kv(FrameKV(jnp.asarray(keys[:, :, frames]), jnp.asarray(2 * keys[:, :, frames])),
+                     jnp.asarray(frames), (1, keys.shape[3]))
+    np.testing.assert_array_equal(np.take(np.asarray(view.k)[:, 0], slots, axis=2), np.asarray(want.k)[:, 0])
+    np.testing.assert_array_equal(np.take(np.asarray(view.v)[:, 0], slots, axis=2), np.asarray(want.v)[:, 0])
+    shift = None if view.shift is None else np.asarray(view.shift)[0].tolist()
+    assert shift == ([(c - 4) - 0, (c - 3) - 1, (c - 2) - chosen, 0] if positions == "hybrid" else None)
+
+
+@pytest.mark.parametrize("reservoir,sink,tail,candidates", [(120, 2, 1, 4), (24, 2, 1, 4), (30, 3, 2, 2), (13, 1, 1, 3)])
+def test_the_live_ring_holds_every_frame_a_chunk_reads(reservoir, sink, tail, candidates):
+  """The reservoir keeps the sink and only the frames a chunk can still read: for 120 frames, c-58 ... c-1 (the
+  spec's oldest candidate is c-58), 60 slots instead of upstream's 117. Every frame a view shows and every candidate
+  scored must sit in its slot, over three turns of the upstream cache."""
+  policy = RelaxPolicy(reservoir_frames=reservoir, sink_frames=sink, tail_frames=tail, num_candidates=candidates)
+  if reservoir == 120:
+    assert policy.capacity(F) == 2 + 58 and live_ring(120, F, 2, 1, 4) == 58
+  res, _ = random_memory(policy, 0, layers=1, q=1, n=1, h=2)
+  rng = np.random.default_rng(0)
+  for c in range(0, 3 * reservoir + 3 * F, F):
+    view, trace = select(policy, res, c)
+    held = np.asarray(res.frame)[0]
+    shown = trace["memory_frames"][0]
+    slots = np.asarray(view.slots)[0]
+    assert all(held[s] == f for s, f in zip(slots, shown) if f >= 0), (c, shown, held)
+    cands = [int(x) for x in trace["candidates"] if x >= 0]
+    assert set(cands) <= set(held.tolist()), (c, cands, held)
+    kv = jnp.asarray(rng.normal(size=(1, 1, F, 1, 1, 2)), jnp.float32)
+    res = write_frames(res, FrameKV(kv, kv), c, sink, (1, 1))
 
 
 def test_batch0_applies_sample_zeros_choice_and_per_sample_chooses_each():

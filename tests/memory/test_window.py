@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from rf_jax.memory import Chunk, WindowPolicy, policy_from_dict
-from rf_jax.memory.reservoir import Geometry, write_frames
+from rf_jax.memory.reservoir import Geometry
 from rf_jax.model.attention import FrameKV
 
 F = 3
@@ -14,24 +14,32 @@ GEOM = Geometry(1, 1, 1, 1, 2, F, 60)
 
 
 def views(policy, frames=60):
-  """Memory frames and positions seen by each chunk (batch element 0), chunk positions."""
+  """Memory frames and the positions each chunk sees them at (batch element 0, from the chunk's trace), the chunk's
+  positions, and the call view's shifts of those frames."""
   res = policy.init(GEOM)
   out = []
-  view_fn = jax.jit(lambda r, c: policy.call_view(policy.params(), r, None, Chunk(c, F)))
+  chunk = lambda c: Chunk(c, F, (1, 1))  # noqa: E731
+  view_fn = jax.jit(lambda r, c: policy.call_view(policy.params(), r, None, chunk(c)))
+  end_fn = jax.jit(lambda r, kv, c: policy.end_chunk(policy.params(), r, None, kv, chunk(c)))
   for c in range(0, frames, F):
     v = view_fn(res, jnp.int32(c))
-    valid = np.asarray(v.memory.valid[0])
-    out.append((np.asarray(res.frame[0])[valid].tolist(), np.asarray(v.memory.pos[0])[valid].tolist(),
-                np.asarray(v.chunk_pos).tolist()))
     kv = FrameKV(jnp.zeros((1, 1, F, 1, 1, 2)), jnp.zeros((1, 1, F, 1, 1, 2)))
-    res = write_frames(res, kv, c, policy.sink_frames)
+    res_before = res
+    res, tr = end_fn(res, kv, jnp.int32(c))
+    valid = np.asarray(tr["memory_frames"][0]) >= 0
+    shift = None if v.memory.shift is None else np.asarray(v.memory.shift[0])[valid].tolist()
+    assert np.asarray(v.chunk_pos).tolist() == [c, c + 1, c + 2]  # rotated at its frames, as stored keys are
+    assert np.array_equal(np.asarray(res_before.frame[0]), np.asarray(tr["memory_frames"][0]))
+    out.append((np.asarray(tr["memory_frames"][0])[valid].tolist(), np.asarray(tr["memory_positions"][0])[valid].tolist(),
+                np.asarray(tr["chunk_positions"]).tolist(), shift))
   return out
 
 
 @pytest.mark.parametrize("window,sink", [(6, 2), (5, 1), (21, 0), (12, 3), (-1, 0)])
 def test_a_chunk_sees_the_sink_and_the_most_recent_frames_of_upstreams_cache(window, sink):
-  for j, (frames, pos, chunk_pos) in enumerate(views(WindowPolicy(window_frames=window, sink_frames=sink))):
+  for j, (frames, pos, chunk_pos, shift) in enumerate(views(WindowPolicy(window_frames=window, sink_frames=sink))):
     c = j * F
+    assert shift is None  # absolute positions: every frame is read as stored
     # upstream: the cache holds `window` frames including the chunk: the sink and then the newest others.
     recent = c if window == -1 else window - F - min(sink, c)
     expected = sorted(set(range(min(sink, c))) | set(range(max(min(sink, c), c - recent), c)))
@@ -42,15 +50,20 @@ def test_a_chunk_sees_the_sink_and_the_most_recent_frames_of_upstreams_cache(win
 def test_relative_position_schemes():
   reloc = views(WindowPolicy(window_frames=12, sink_frames=3, positions="relocated_sink"))
   rel = views(WindowPolicy(window_frames=12, sink_frames=3, positions="window_relative"))
-  frames, pos, chunk_pos = reloc[10]  # c = 30: memory = sink 0..2 + frames 24..29
+  frames, pos, chunk_pos, shift = reloc[10]  # c = 30: memory = sink 0..2 + frames 24..29
   by_frame = dict(zip(frames, pos))
   assert [by_frame[f] for f in (0, 1, 2)] == [21, 22, 23] and by_frame[24] == 24 and chunk_pos == [30, 31, 32]
-  frames, pos, chunk_pos = rel[10]
+  frames, pos, chunk_pos, _ = rel[10]
   by_frame = dict(zip(frames, pos))
   assert [by_frame[f] for f in (0, 1, 2, 24, 29)] == [0, 1, 2, 3, 8] and chunk_pos == [9, 10, 11]
-  for (fa, pa, ca), (fb, pb, cb) in zip(reloc[3:], rel[3:]):  # once full, the two differ by one shift
-    shift = ca[0] - cb[0]
-    assert fa == fb and [p - shift for p in pa] == pb
+  for (fa, pa, ca, sa), (fb, pb, cb, sb) in zip(reloc[3:], rel[3:]):  # once full, the two differ by one shift
+    offset = ca[0] - cb[0]
+    assert fa == fb and [p - offset for p in pa] == pb
+    assert sa == sb  # and the keys are turned alike
+  for j, (frames, pos, chunk_pos, shift) in enumerate(reloc + rel):  # only the sink moves from where it is stored
+    c = (j % len(reloc)) * F
+    assert shift == [(p - chunk_pos[0]) - (f - c) for f, p in zip(frames, pos)]
+    assert all(s == 0 for f, s in zip(frames, shift) if f >= 3)
 
 
 def test_policy_from_dict_errors_name_the_key():

@@ -43,21 +43,25 @@ def test_forward_is_jittable_and_matches_eager(reference):
   assert relative_error(out, z["out"]) < 1e-5
 
 
-def test_memory_view_equals_block_causal_forward(reference):
-  """Chunk 1 attending to chunk 0's keys through a MemoryView equals the block-causal forward's chunk 1."""
+@pytest.mark.parametrize("stored_at", [0, 10])
+def test_memory_view_equals_block_causal_forward(reference, stored_at):
+  """Chunk 1 attending to chunk 0's keys through a MemoryView equals the block-causal forward's chunk 1: the keys
+  stored as a reservoir stores them (rotated at frames 0..2, or at 10..12 and turned back by a shift of -10)."""
   from rf_jax.model import MemoryView, block_causal_mask
+  from rf_jax.memory.reservoir import stored_kv
   ref, model, z = reference
   x = jnp.asarray(z["x"]).transpose(0, 2, 3, 4, 1)[:, :6]
   t = jnp.asarray(z["t"])[:, :6]
   text = model.text_kv(jnp.asarray(z["context"]))
   b, f, hl, wl, _ = x.shape
-  q_len = (hl // 2) * (wl // 2)
-  full, kv = model(x, t, text, frame_pos=jnp.arange(6), self_mask=block_causal_mask(6, q_len, 3))
-  # Chunk 0 alone, then chunk 1 with chunk 0's pre-RoPE keys in 4 memory slots (one left empty).
-  k0, v0 = kv.k[:, :, :3], kv.v[:, :, :3]
-  pad = lambda a: jnp.concatenate([jnp.zeros_like(a[:, :, :1]) + 7.0, a], axis=2)  # noqa: E731  garbage slot
-  memory = MemoryView(pad(k0), pad(v0), jnp.tile(jnp.array([[5, 0, 1, 2]]), (b, 1)),
-                      jnp.tile(jnp.array([[False, True, True, True]]), (b, 1)))
+  grid = (hl // 2, wl // 2)
+  full, kv = model(x, t, text, frame_pos=jnp.arange(6), self_mask=block_causal_mask(6, grid[0] * grid[1], 3))
+  # Chunk 0 alone, then chunk 1 with chunk 0's keys in 4 memory slots (one left empty, full of garbage).
+  stored = stored_kv(type(kv)(kv.k[:, :, :3], kv.v[:, :, :3]), stored_at + jnp.arange(3), grid)  # [L, B, N, 3, Q, H]
+  pad = lambda a: jnp.concatenate([jnp.zeros_like(a[:, :, :, :1]) + 7.0, a], axis=3)  # noqa: E731  garbage slot
+  shift = None if stored_at == 0 else jnp.full((b, 4), -stored_at, jnp.int32)
+  memory = MemoryView(pad(stored.k), pad(stored.v), shift, jnp.tile(jnp.array([[False, True, True, True]]), (b, 1)),
+                      jnp.tile(jnp.array([[0, 1, 2, 3]]), (b, 1)))
   chunk1, _ = model(x[:, 3:], t[:, 3:], text, frame_pos=jnp.arange(3, 6), self_mask=None, memory=memory)
   np.testing.assert_allclose(np.asarray(chunk1), np.asarray(full[:, 3:]), rtol=1e-5, atol=1e-5)
 

@@ -4,7 +4,7 @@ import pytest
 
 from conftest import fixture_dir
 from numpy_reference import rope_apply, rope_freqs
-from rf_jax.model.rope import MAX_POSITION, apply_rope, rope_angles_table, rope_cos_sin
+from rf_jax.model.rope import MAX_POSITION, apply_rope, rope_angles_table, rope_cos_sin, shift_cos_sin
 
 
 @pytest.mark.parametrize("name", ["A", "C"])
@@ -35,11 +35,19 @@ def test_rope_matches_float64_formula_for_odd_splits(head_dim):
 
 
 def test_frame_positions_beyond_the_reference_table_are_exact():
+  """Three-level tables: any position up to 2^30 (and its negative, for memory shifts) to float32 rounding of the
+  float64 angle, and the shift rotation leaves the height/width pairs alone."""
   head_dim = 128
-  pos = np.array([0, 1023, 1024, 5000, 40000, MAX_POSITION - 1])
-  cos, sin = rope_cos_sin(jnp.asarray(pos), (1, 1), head_dim)  # [P, 1, 64]
-  ref = rope_angles_table(head_dim, MAX_POSITION)[pos]  # float64 angles
-  # The 22 frame pairs turn with the position; the height/width pairs of the single token sit at angle 0.
-  expected = np.where(np.arange(64) < 22, ref, 0.0)
-  np.testing.assert_allclose(np.asarray(cos)[:, 0], np.cos(expected), atol=3e-7)
-  np.testing.assert_allclose(np.asarray(sin)[:, 0], np.sin(expected), atol=3e-7)
+  pos = np.array([0, 1023, 1024, 5000, 40000, 65536, 10**6 + 7, MAX_POSITION - 1])
+  inv = 10000.0 ** (-np.arange(0, 44, 2, dtype=np.float64) / 44)  # the 22 frame pairs of head dim 128
+  for sign in (1, -1):
+    cos, sin = rope_cos_sin(jnp.asarray(sign * pos), (1, 1), head_dim)  # [P, 1, 64]
+    angles = sign * pos[:, None].astype(np.float64) * inv  # [P, 22]
+    expected = np.concatenate([angles, np.zeros((len(pos), 42))], axis=1)  # one token: spatial angle 0
+    if sign == 1:
+      np.testing.assert_allclose(np.asarray(cos)[:, 0], np.cos(expected), atol=5e-7)
+    np.testing.assert_allclose(np.asarray(sin)[:, 0, :22], np.sin(angles), atol=5e-7)
+    shift_cos, shift_sin = shift_cos_sin(jnp.asarray(sign * pos), head_dim)  # [P, 64]
+    np.testing.assert_allclose(np.asarray(shift_cos)[:, :22], np.cos(angles), atol=5e-7)
+    np.testing.assert_allclose(np.asarray(shift_sin)[:, :22], np.sin(angles), atol=5e-7)
+    assert np.all(np.asarray(shift_cos)[:, 22:] == 1) and np.all(np.asarray(shift_sin)[:, 22:] == 0)

@@ -11,7 +11,7 @@ from rf_jax.parallel import BATCH, MESH_AXES, MeshConfig, make_mesh, state_specs
 from rf_jax.parallel.placement import host_rows, to_host
 
 GEOM = Geometry(num_layers=2, batch=4, frame_tokens=16, num_heads=4, head_dim=32, chunk_frames=3, total_frames=21)
-KV = P(None, BATCH, None, None, "tensor")  # [L, B, R, Q, N, H]
+KV = P(None, BATCH, "tensor")  # [L, B, N, R, Q, H]: samples and heads split
 
 
 def mesh(data=2, fsdp=1, tensor=4):

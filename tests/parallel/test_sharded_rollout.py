@@ -61,7 +61,7 @@ def test_sharded_rollout_equals_single_device(name):
   res = json.loads(run.stdout.strip().splitlines()[-1])
   assert res["err"] <= 1e-5 * max(1.0, res["scale"]), res
   assert res["kv_devices"] == 8
-  batch_axis, heads_axis = res["kv_spec"][1], res["kv_spec"][4]
+  batch_axis, heads_axis = res["kv_spec"][1], res["kv_spec"][2]  # [L, B, N, R, Q, H]
   assert "data" in batch_axis and heads_axis == "tensor", res  # samples over data (x fsdp), heads over tensor
 
 

@@ -126,9 +126,9 @@ def test_position_schemes_that_differ_by_one_shift_give_the_same_video(model, wi
 def test_bad_geometry_is_refused(model):
   with pytest.raises(ValueError, match="multiple"):
     Rollout(model, WindowPolicy(), Sampler.from_steps(), batch=1, latent_hw=HW, frames=10)
-  with pytest.raises(ValueError, match="RoPE frame positions"):
+  with pytest.raises(ValueError, match="RoPE frame positions"):  # keys are stored rotated at their frame index
     Rollout(model, WindowPolicy(window_frames=6, sink_frames=1), Sampler.from_steps(), batch=1, latent_hw=HW,
-            frames=3 * 30000)
+            frames=3 * 2**29)
   r = Rollout(model, WindowPolicy(), Sampler.from_steps(), batch=1, latent_hw=HW, frames=6)
   with pytest.raises(ValueError, match="noise has shape"):
     r.run(context(), noise=np.zeros((1, 3, *HW, 16)), renoise=np.zeros((2, 3, 1, 3, *HW, 16)))
@@ -154,3 +154,65 @@ def test_eta_zero_is_the_euler_step_of_the_flow_ode(model):
   fresh, _ = Rollout(model, WindowPolicy(window_frames=-1), Sampler.from_steps([1000, 750, 500, 250], shift=3.0),
                      batch=1, latent_hw=HW, frames=3).run(ctx, key=key)
   assert np.abs(fresh - latents).max() > 1e-3  # eta = 1 (fresh noise) is another sampler
+
+
+@pytest.mark.parametrize("policy", [WindowPolicy(window_frames=9, sink_frames=2, positions="relocated_sink"),
+                                    RelaxPolicy(reservoir_frames=12), SlowFastPolicy(slow_frames=2, rope_length=12),
+                                    SlowFastPolicy(slow_frames=2, rope_length=12, mode="upstream")],
+                         ids=["window", "relax", "slow_fast", "slow_fast_upstream"])
+def test_the_keys_only_refill_stores_what_the_whole_refill_would(model, policy):
+  """Unrecorded, the refill computes keys only (no head, the last layer stops at its key/value projections);
+  recorded, the whole call runs. The same latents (to float rounding: two programs) and the same decisions."""
+  got = []
+  for record in (False, True):
+    r = Rollout(model, policy, Sampler.from_steps(), batch=2, latent_hw=HW, frames=18, record_calls=record)
+    latents, outs = r.run(context(2), key=jax.random.key(4))
+    got.append((latents, [jax.tree.map(np.asarray, (o.trace, o.calls)) for o in outs]))
+  np.testing.assert_allclose(got[0][0], got[1][0], rtol=1e-5, atol=1e-5)
+
+  def same(a, b):
+    if np.issubdtype(a.dtype, np.floating):
+      np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+    else:
+      np.testing.assert_array_equal(a, b)  # frames, positions, promotions, choices
+  jax.tree.map(same, got[0][1], got[1][1])
+
+
+def test_the_chunk_step_donates_the_memory_and_updates_it_in_place(model):
+  """The state handed to `step` is donated: its buffers are reused for the next state (none is left behind, no
+  'donated buffers were not usable' warning)."""
+  import warnings
+  r = Rollout(model, RelaxPolicy(reservoir_frames=12), Sampler.from_steps(), batch=1, latent_hw=HW, frames=9)
+  text = r.text_kv(context())
+  state = r.init_state()
+  with warnings.catch_warnings():
+    warnings.simplefilter("error")
+    for j in range(3):
+      new, _ = r.step(state, text, j, *r.noise(jax.random.key(0), j))
+      assert all(leaf.is_deleted() for leaf in jax.tree.leaves(state))
+      state = new
+  aliases = r.lower().compile().as_text().split("\n", 1)[0]
+  assert "input_output_alias" in aliases  # the compiled step writes the new state over the old
+
+
+def test_prompt_padding_rows_are_merged_and_cut(model):
+  """Zero rows past the prompt (Wan's padding) are one key with a log(count) bias: a context cut after its last
+  used row, padded to text_len, or given whole gives the same video; a row cut that holds text is refused."""
+  ctx = np.array(context(2))
+  ctx[:, 2:] = 0  # two rows used of text_len = 4
+  outs = []
+  # (context, text_rows, prompt keys, merged): the rows kept (by default what is given, up to a multiple of 32),
+  # and one key for the padding rows past them, if any
+  for c, rows, keys, merged in ((ctx, None, 4, False), (ctx[:, :2], None, 3, True), (ctx, 3, 4, True),
+                                (ctx, 4, 4, False), (ctx[:, :2], 4, 4, False)):
+    r = Rollout(model, WindowPolicy(window_frames=6), Sampler.from_steps(), batch=2, latent_hw=HW, frames=6,
+                text_rows=rows)
+    text = r.text_kv(c)
+    assert text.k.shape[2] == keys and (text.bias is not None) == merged
+    outs.append(r.run(c, key=jax.random.key(5))[0])
+  for other in outs[1:]:
+    np.testing.assert_allclose(other, outs[0], rtol=1e-5, atol=1e-5)
+  r = Rollout(model, WindowPolicy(window_frames=6), Sampler.from_steps(), batch=2, latent_hw=HW, frames=6,
+              text_rows=1)
+  with pytest.raises(ValueError, match="non-zero rows past text_rows=1"):
+    r.text_kv(ctx)

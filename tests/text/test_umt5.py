@@ -51,7 +51,7 @@ def test_padding_does_not_change_the_valid_rows():
   padded = np.concatenate([ids, np.zeros((1, 6), int)], axis=1)
   a = model(jnp.asarray(ids), jnp.ones_like(jnp.asarray(ids)))
   b = model(jnp.asarray(padded), jnp.asarray(padded != 0))
-  np.testing.assert_allclose(np.asarray(b)[:, :4], np.asarray(a), atol=2e-6)
+  np.testing.assert_allclose(np.asarray(b)[:, :4], np.asarray(a), rtol=1e-5, atol=1e-5)  # float reassociation only
   w = wan_embeddings(b, jnp.asarray(padded != 0))
   assert np.all(np.asarray(w)[:, 4:] == 0) and np.array_equal(np.asarray(w)[:, :4], np.asarray(b)[:, :4])
 
