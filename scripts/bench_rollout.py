@@ -9,6 +9,8 @@ reported, else host RSS). Memory that stays flat as videos grow shows as the sam
 RSS peak is a lifetime maximum of the process, so compare it across separate runs, as `rf-jax generate` does).
 
   .venv/bin/python scripts/bench_rollout.py --preset tiny --latent-hw 8 8 --frames 200 2000
+  .venv/bin/python scripts/bench_rollout.py --config /tmp/torch_ref_cases/sf_w21/config.json --latent-hw 16 26 \
+      --frames 36 --prompt-tokens 24                        # the torch_ref harness's `bench` model, random weights
   .venv/bin/python scripts/bench_rollout.py --checkpoint ckpt/sf_dmd --compute-dtype bfloat16 --frames 120 240
   python scripts/bench_rollout.py --preset wan2.1-t2v-1.3b --latent-hw 60 104 --compute-dtype bfloat16 \
       --param-dtype bfloat16 --frames 30 --attention pallas_gpu            # the real 1.3B shapes, random weights
@@ -27,7 +29,7 @@ import numpy as np
 from flax import nnx
 
 from rf_jax import checkpoint
-from rf_jax.config import get_preset
+from rf_jax.config import from_constructor_args, get_preset
 from rf_jax.runinfo import git_commit, peak_bytes
 from rf_jax.memory import RelaxPolicy, SlowFastPolicy, WindowPolicy
 from rf_jax.model import CausalWanDiT
@@ -45,6 +47,8 @@ POLICIES = {
 def main():
   p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("--preset", default="tiny")
+  p.add_argument("--config", help="a config.json with constructor_args (a fixture's, or a torch_ref case's), random "
+                                  "weights; instead of --preset")
   p.add_argument("--checkpoint")
   p.add_argument("--latent-hw", type=int, nargs=2, default=(8, 8))
   p.add_argument("--frames", type=int, nargs="+", default=[200, 2000])
@@ -52,17 +56,26 @@ def main():
   p.add_argument("--compute-dtype", choices=["float32", "bfloat16"], default="float32")
   p.add_argument("--param-dtype", choices=["float32", "bfloat16"], default="float32")
   p.add_argument("--attention", default="auto", choices=[i.value for i in AttnImpl])
+  p.add_argument("--prompt-tokens", type=int, help="rows of the random prompt that are used (default all; the rest "
+                                                   "are zero, as Wan pads a prompt)")
   p.add_argument("--steps", type=int, default=4, help="denoising steps per chunk (plus one clean refill call)")
   p.add_argument("--peak-tflops", type=float, default=989.0,
                  help="the device's dense peak for the compute dtype, for MFU (H100/H200 SXM bf16: 989)")
   args = p.parse_args()
   dtypes = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
   dtype = dtypes[args.compute_dtype]
+  if args.config:
+    with open(args.config) as f:
+      config = from_constructor_args(json.load(f)["constructor_args"])
+  else:
+    config = get_preset(args.preset)
   model = (checkpoint.load_model(args.checkpoint, dtype=dtype, attn_impl=args.attention) if args.checkpoint
-           else CausalWanDiT(get_preset(args.preset), dtype=dtype, param_dtype=dtypes[args.param_dtype],
-                             attn_impl=args.attention, rngs=nnx.Rngs(0)))
+           else CausalWanDiT(config, dtype=dtype, param_dtype=dtypes[args.param_dtype], attn_impl=args.attention,
+                             rngs=nnx.Rngs(0)))
   cfg = model.config
   context = jax.random.normal(jax.random.key(1), (1, cfg.text_len, cfg.text_dim))
+  if args.prompt_tokens is not None:  # a prompt of that many tokens, zero rows after it (Wan's padding)
+    context = context.at[:, args.prompt_tokens:].set(0)
   for name in args.policies:
     for frames in args.frames:
       frames = -(-frames // 3) * 3
@@ -89,7 +102,8 @@ def main():
                                    prompt_keys=rows + 1 if rows < cfg.text_len else rows)["total"]
       print(json.dumps({
           "bench": "rollout", "policy": name, "frames": frames, "chunks": r.num_chunks,
-          "model": args.checkpoint or args.preset, "latent_hw": list(args.latent_hw), "dtype": args.compute_dtype,
+          "model": args.checkpoint or args.config or args.preset, "latent_hw": list(args.latent_hw),
+          "dtype": args.compute_dtype,
           "param_dtype": args.param_dtype, "attention": resolve(args.attention, dtype).value,
           "calls_per_chunk": args.steps + 1,
           "compile_seconds": round(times[0], 3), "compile_count": r.compile_count,

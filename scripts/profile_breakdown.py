@@ -53,6 +53,10 @@ def newest(pattern: str) -> str:
 
 def self_times(xplane: str) -> dict[tuple[str, str], float]:
   """{(module, hlo op): self ns} over every thread of the host."""
+  import warnings
+  warnings.filterwarnings("ignore", category=DeprecationWarning)  # ProfileData's event stats, on some versions
+  import warnings
+  warnings.filterwarnings("ignore", category=DeprecationWarning)  # ProfileData's event stats, on some versions
   from jax.profiler import ProfileData
   data = ProfileData.from_file(xplane)
   out: dict[tuple[str, str], float] = collections.defaultdict(float)
