@@ -7,17 +7,7 @@ cd "$(dirname "$0")/.."
 VENV="${RF_JAX_VENV:-.venv}"
 EXTRAS="${RF_JAX_EXTRAS:-dev}"
 
-find_python() {
-  local c
-  for c in "${RF_JAX_PYTHON:-}" python3.12 "$HOME"/.pyenv/versions/3.12*/bin/python3.12 /usr/local/bin/python3.12 \
-           /usr/bin/python3.12; do
-    [ -n "$c" ] || continue
-    if "$c" -c 'import sys; sys.exit(0 if sys.version_info[:2] >= (3, 12) else 1)' >/dev/null 2>&1; then
-      echo "$c"; return 0
-    fi
-  done
-  return 1
-}
+source scripts/find_python.sh
 
 if [ ! -x "$VENV/bin/python" ]; then
   PY="$(find_python)" || { echo "setup_env: Python >= 3.12 not found (jax >= 0.11 needs it); set RF_JAX_PYTHON" >&2; exit 1; }
