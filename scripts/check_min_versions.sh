@@ -33,8 +33,17 @@ EOF
 echo "check_min_versions: pins: $pins" >&2
 rm -rf "$VENV"
 "$PY" -m venv "$VENV"
-"$VENV/bin/python" -m pip install -q --disable-pip-version-check $pins 2>&1 | grep -v "^WARNING: Location" || true
-"$VENV/bin/python" -m pip install -q --disable-pip-version-check --no-deps -e . 2>&1 | grep -v "^WARNING: Location" || true
+install() {  # pip, its warnings about missing local wheel folders left out; a failure stops the check
+  local log rc=0
+  log=$("$VENV/bin/python" -m pip install -q --disable-pip-version-check "$@" 2>&1) || rc=$?
+  grep -v "^WARNING: Location" <<<"$log" >&2 || true
+  if [ "$rc" -ne 0 ]; then
+    echo "check_min_versions: FAILED: the lowest versions pyproject.toml claims cannot be installed together" >&2
+    exit "$rc"
+  fi
+}
+install $pins
+install --no-deps -e .
 "$VENV/bin/python" - <<'EOF' >&2
 import importlib.metadata as md
 names = ["jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "tensorstore", "numpy", "ml_dtypes", "safetensors",

@@ -57,7 +57,7 @@ def test_a_merged_key_with_a_log_count_bias_equals_the_repeated_keys():
   merged_k, merged_v = jnp.concatenate([k, k[:, :1]], axis=1), jnp.concatenate([v, v[:, :1]], axis=1)
   bias = jnp.zeros(merged_k.shape[:2], jnp.float32).at[:, -1].set(np.log(5))
   np.testing.assert_allclose(np.asarray(memory_attention(q, merged_k, merged_v, key_bias=bias)),
-                             np.asarray(dense_attention(q, repeated_k, repeated_v)), rtol=1e-5, atol=1e-6)
+                             np.asarray(dense_attention(q, repeated_k, repeated_v)), rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("frame_tokens", [12, BLOCK_KEYS])
