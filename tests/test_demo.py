@@ -82,10 +82,13 @@ def test_the_demo_takes_no_prompt_and_a_missing_demo_is_named(demo_dir, tmp_path
 # Measured (demo.rollout_check, CPU, jax 0.12.0.1): first second motion 0.96 and shape pixels 0.76 of the dataset's,
 # consistency 0.39; last 5 s 1.28, 1.12 and 0.43 (the dataset's consistency: 0.86). The floors sit below; a model
 # whose frames fade to the background, or whose colours are not frame 0's, scores near 0 on the last two, and one
-# that floods the frame with colour goes over the ceiling.
+# that floods the frame with colour goes over the ceiling. A 30-s rollout is chaotic: rounding-level differences (a
+# CPU model, an equivalent rewrite of attention) move the last 5 s's consistency of these 4 seeds between 0.21 and
+# 0.43 (commit 3c6f66a: 0.43 on an AMD EPYC, 0.21 on an Intel Xeon; 7ac44fa on the Xeon: 0.42, and 0.37 with seed
+# 1), so its floor is 0.15.
 MOTION_FLOOR = 0.5  # fraction of the dataset's motion
 FOREGROUND_FLOOR, FOREGROUND_CEILING = 0.4, 2.5  # fraction of the dataset's shape pixels
-CONSISTENCY_FLOOR = 0.25  # of frame 0's shape colours still present (shape_curves)
+CONSISTENCY_FLOOR = {"first_second": 0.25, "last": 0.15}  # of frame 0's shape colours still present (shape_curves)
 
 
 def test_the_shipped_demo_moves_and_keeps_its_shapes_for_30_seconds():
@@ -99,4 +102,4 @@ def test_the_shipped_demo_moves_and_keeps_its_shapes_for_30_seconds():
     got = check[span]
     assert got["motion_vs_data"] >= MOTION_FLOOR, (span, got)
     assert FOREGROUND_FLOOR <= got["foreground_vs_data"] <= FOREGROUND_CEILING, (span, got)
-    assert got["consistency"] >= CONSISTENCY_FLOOR, (span, got)
+    assert got["consistency"] >= CONSISTENCY_FLOOR[span], (span, got)
