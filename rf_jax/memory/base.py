@@ -41,7 +41,7 @@ Array = jax.Array
 class Chunk(NamedTuple):
   start: Array  # int32 scalar: the chunk's first global frame c
   frames: int  # F, static
-  grid: tuple[int, int] = (1, 1)  # (Hp, Wp): the token grid of a frame, static (RoPE of the stored keys)
+  grid: tuple[int, int]  # (Hp, Wp): the token grid of a frame, static (where the stored keys are rotated)
 
   @property
   def positions(self) -> Array:

@@ -59,6 +59,8 @@ def init_reservoir(geom: Geometry, capacity: int) -> Reservoir:
 def stored_kv(kv: FrameKV, frames: Array, grid: tuple[int, int]) -> FrameKV:
   """The chunk's pre-RoPE keys/values [L, B, F, Q, N, H] as the reservoir keeps them: keys turned at frame
   indices `frames` (int [F]) on the `grid` (Hp, Wp) of token positions, both head-major [L, B, N, F, Q, H]."""
+  if grid[0] * grid[1] != kv.k.shape[3]:
+    raise ValueError(f"token grid {grid} does not hold the keys' {kv.k.shape[3]} tokens per frame")
   cos, sin = rope_cos_sin(frames, grid, kv.k.shape[-1])  # [F, Q, H/2]
   k = apply_rope(kv.k, cos, sin)
   return FrameKV(jnp.moveaxis(k, -2, 2), jnp.moveaxis(kv.v, -2, 2))

@@ -32,8 +32,8 @@ import jax
 import jax.numpy as jnp
 
 from rf_jax.kernels import gpu_attention, tpu_attention
-from rf_jax.ops.masks import BlockCausal
 from rf_jax.ops import reference
+from rf_jax.ops.masks import BlockCausal
 from rf_jax.ops.memory import SlotMemory, compact_entries
 from rf_jax.ops.oracle import dense_mask, gather_memory
 

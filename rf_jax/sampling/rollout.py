@@ -280,21 +280,19 @@ class Rollout:
     """The prompt's cross-attention keys/values: context [B, P, text_dim] (host or device array)."""
     if context.ndim != 3 or context.shape[0] != self.batch:
       raise ValueError(f"context has shape {context.shape}; expected [B={self.batch}, P, text_dim]")
-    if isinstance(context, jax.core.Tracer):  # inside a caller's trace: no values to look at
-      rows = self.text_rows or context.shape[1]
-      return self._text(self.model_state, context[:, :rows]) if rows <= context.shape[1] else self._text(
-          self.model_state, jnp.pad(context, ((0, 0), (0, rows - context.shape[1]), (0, 0))))
-    context = np.asarray(context)
-    rows = self.text_rows or text_rows(context)
-    if rows < context.shape[1]:
-      if np.any(context[:, rows:]):
-        raise ValueError(f"context has non-zero rows past text_rows={rows} (it uses "
-                         f"{text_rows(context)}); raise text_rows")
-      context = context[:, :rows]
-    elif rows > context.shape[1]:
-      context = np.pad(context, ((0, 0), (0, rows - context.shape[1]), (0, 0)))
+    xp = np
+    if isinstance(context, jax.core.Tracer) or (isinstance(context, jax.Array) and not context.is_fully_addressable):
+      xp, rows = jnp, self.text_rows or context.shape[1]  # values out of reach: cut or pad to text_rows only
+    else:
+      context = np.asarray(context)
+      rows = self.text_rows or text_rows(context)
+      if rows < context.shape[1] and np.any(context[:, rows:]):
+        raise ValueError(f"context has non-zero rows past text_rows={rows} (it uses {text_rows(context)}); "
+                         "raise text_rows")
+    context = context[:, :rows] if rows <= context.shape[1] else xp.pad(
+        context, ((0, 0), (0, rows - context.shape[1]), (0, 0)))
     with self.on_mesh():
-      return self._text(self.model_state, self._per_sample(context))
+      return self._text(self.model_state, context if xp is jnp else self._per_sample(context))
 
   def lower(self, text_rows: int | None = None) -> jax.stages.Lowered:
     """The chunk step lowered with abstract inputs (nothing runs, nothing is allocated; the model may be abstract,

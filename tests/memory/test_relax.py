@@ -31,8 +31,9 @@ def random_memory(policy, frames, batch=1, seed=0, layers=2, q=3, n=2, h=8):
 @functools.lru_cache(maxsize=None)
 def selector(policy):
   def run(params, res, c):
-    res, ctx = policy.begin_chunk(params, res, Chunk(c, F))
-    return policy.call_view(params, res, ctx, Chunk(c, F)).memory, ctx[1]
+    chunk = Chunk(c, F, (1, res.k.shape[4]))
+    res, ctx = policy.begin_chunk(params, res, chunk)
+    return policy.call_view(params, res, ctx, chunk).memory, ctx[1]
   return jax.jit(run)
 
 

@@ -16,7 +16,7 @@ def run_clean(policy, chunks, batch=1, seed=0):
   geom = Geometry(2, batch, 2, 2, 4, F, chunks * F)
   state = policy.init(geom)
   rng = np.random.default_rng(seed)
-  end = jax.jit(lambda p, st, kv, c: policy.end_chunk(p, st, None, kv, Chunk(c, F)))
+  end = jax.jit(lambda p, st, kv, c: policy.end_chunk(p, st, None, kv, Chunk(c, F, (1, 2))))
   traces = []
   for j in range(chunks):
     k = jnp.asarray(rng.normal(size=(2, batch, F, 2, 2, 4)).astype(np.float32))
