@@ -8,6 +8,7 @@ Forcing, ...) is memory policy and lives with the rollout, not here: Self-Forcin
 from __future__ import annotations
 
 import dataclasses
+import enum
 import json
 import os
 from typing import Any, Mapping
@@ -212,3 +213,32 @@ def load_python_value(path: str, name: str, kind: type, *, what: str, expected: 
   if not isinstance(value, kind):
     raise ValueError(f"{path}: defines no {expected}")
   return value
+
+
+# ------------------------------------------------------------------------------------------------ mesh axes and dtypes
+
+# The device mesh's axes, named once for the whole package (rf_jax.parallel builds meshes with them; the sharded
+# attention maps over them): samples split over data x fsdp, attention heads over tensor.
+MESH_AXES = ("data", "fsdp", "tensor")
+BATCH_AXES = ("data", "fsdp")
+HEAD_AXIS = "tensor"
+
+
+class ComputeDtype(enum.Enum):
+  """The dtype the models compute in (parameters stay float32 unless a checkpoint stores them otherwise)."""
+  FLOAT32 = "float32"
+  BFLOAT16 = "bfloat16"
+
+  @classmethod
+  def parse(cls, value: "str | ComputeDtype") -> "ComputeDtype":
+    if isinstance(value, cls):
+      return value
+    try:
+      return cls(value)
+    except ValueError:
+      raise ValueError(f"compute dtype {value!r}; expected one of {', '.join(d.value for d in cls)}") from None
+
+  @property
+  def jnp(self):
+    import jax.numpy as jnp
+    return {ComputeDtype.FLOAT32: jnp.float32, ComputeDtype.BFLOAT16: jnp.bfloat16}[self]

@@ -29,7 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from rf_jax.ops import AttnImpl, SlotMemory, attention
-from rf_jax.ops.attention import platform
+from rf_jax.ops.backend import platform
 from rf_jax.ops.oracle import dense_memory_attention, gather_memory
 from rf_jax.runinfo import git_commit
 
@@ -67,7 +67,7 @@ def rotate_memory(memory: SlotMemory, dtype) -> SlotMemory:
 
 def runner(backend, mask=None):
   if backend == "pallas_gpu_rope_before":
-    from rf_jax.kernels import gpu_attention
+    from rf_jax.ops.kernels import gpu_attention
     interp = platform() != "gpu"
     return lambda q, k, v, mem: gpu_attention.memory_attention(q, k, v, rotate_memory(mem, q.dtype), mask,
                                                                 interpret=interp)

@@ -240,7 +240,7 @@ def write_summary(out: str, stages: list[dict], env_rows: list[dict], rows: list
     for r in rollout:
       if r["policy"] not in fastest or r["steady_median_seconds_per_chunk"] < fastest[r["policy"]][1]:
         fastest[r["policy"]] = (r["attention"], r["steady_median_seconds_per_chunk"])
-    goals.append("auto (rf_jax.ops.attention.AUTO) should pick, on this device and dtype: "
+    goals.append("auto (rf_jax.ops.backend.AUTO) should pick, on this device and dtype: "
                  + ", ".join(f"{p}: {b}" for p, (b, _) in fastest.items()))
   if goals:
     lines += ["", *[f"- {g}" for g in goals]]

@@ -1,6 +1,8 @@
-"""Numerical operations shared by the models: attention, its backends, masks and the RoPE rotation."""
+"""Numerical operations shared by the models: attention (entry, sharded wrapper, backends, Pallas kernels), masks,
+the memory layout attention reads, and the RoPE rotation."""
 
-from rf_jax.ops.attention import AttnImpl, attention, resolve
+from rf_jax.ops.attention import attention
+from rf_jax.ops.backend import AttnImpl, resolve
 from rf_jax.ops.masks import BlockCausal, block_causal_mask
 from rf_jax.ops.memory import SlotMemory
 from rf_jax.ops.oracle import dense_attention, dense_memory_attention

@@ -12,14 +12,15 @@ import functools
 import jax
 from jax.sharding import PartitionSpec as P
 
-from rf_jax.ops.attention import AttnImpl, attention
+from rf_jax.config import BATCH_AXES, HEAD_AXIS
+from rf_jax.ops.backend import AttnImpl, local_attention, resolve
 from rf_jax.ops.memory import SlotMemory
 
 
-def sharded_attention(mesh, *, batch_axis: str | tuple[str, ...] | None = "data", head_axis: str | None = "model",
-                      impl: AttnImpl | str = AttnImpl.AUTO, mask=None):
-  """A function (q, k, v, memory) -> out like `attention`, run under shard_map on `mesh` (a Mesh or the
-  AbstractMesh of the context). `batch_axis` may name several axes (samples split over their product).
+def sharded_attention(mesh, *, batch_axis: str | tuple[str, ...] | None = BATCH_AXES,
+                      head_axis: str | None = HEAD_AXIS, impl: AttnImpl | str = AttnImpl.AUTO, mask=None):
+  """A function (q, k, v, memory) -> out like `rf_jax.ops.attention`, run under shard_map on `mesh` (a Mesh or the
+  AbstractMesh of the context): each device runs the backend (`local_attention`) on its part. `batch_axis` may name several axes (samples split over their product).
 
   q, k, v: [B, T|S, N, H] split as P(batch_axis, None, head_axis, None); memory k/v [B, N, R, Q, H] by batch and
   heads; slots/valid [B, M], cos/sin [B, M, Q, H/2] and a key bias [B, S] split by batch. B must divide by the batch axis size and N by the
@@ -68,4 +69,4 @@ def sharded_attention(mesh, *, batch_axis: str | tuple[str, ...] | None = "data"
 
 
 def _local(q, k, v, memory, key_bias, *, impl, mask):
-  return attention(q, k, v, memory=memory, mask=mask, key_bias=key_bias, impl=impl)
+  return local_attention(q, k, v, memory, mask, key_bias, resolve(impl, q.dtype, mask))

@@ -10,24 +10,24 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "kernels"))
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "kernels"))
 from attention_cases import make_problem, rel_err  # noqa: E402
 from rf_jax.ops import AttnImpl, BlockCausal, attention, resolve  # noqa: E402
-attention_module = importlib.import_module("rf_jax.ops.attention")  # the module (the package exports the function)
+backend_module = importlib.import_module("rf_jax.ops.backend")  # where `auto` is resolved
 
 
 def test_auto_picks_per_platform_and_dtype(monkeypatch):
   monkeypatch.delenv("RF_JAX_ATTENTION", raising=False)
   assert resolve("auto", jnp.float32) is AttnImpl.REFERENCE  # this machine is a CPU
-  monkeypatch.setattr(attention_module, "platform", lambda: "gpu")
+  monkeypatch.setattr(backend_module, "platform", lambda: "gpu")
   assert resolve("auto", jnp.bfloat16) is AttnImpl.CUDNN  # the kernels are unmeasured on a GPU (README)
   assert resolve("auto", jnp.float32) is AttnImpl.REFERENCE  # cuDNN has no float32
-  monkeypatch.setattr(attention_module, "platform", lambda: "tpu")
+  monkeypatch.setattr(backend_module, "platform", lambda: "tpu")
   assert resolve("auto", jnp.bfloat16) is AttnImpl.REFERENCE
   # once the table names a kernel, a dense mask still goes to the reference (nothing to skip on), and cuDNN
   # never gets float32
-  monkeypatch.setitem(attention_module.AUTO, ("tpu", "half"), AttnImpl.PALLAS_TPU)
-  monkeypatch.setitem(attention_module.AUTO, ("tpu", "float32"), AttnImpl.CUDNN)
+  monkeypatch.setitem(backend_module.AUTO, ("tpu", "half"), AttnImpl.PALLAS_TPU)
+  monkeypatch.setitem(backend_module.AUTO, ("tpu", "float32"), AttnImpl.CUDNN)
   assert resolve("auto", jnp.bfloat16) is AttnImpl.PALLAS_TPU
   assert resolve("auto", jnp.bfloat16, BlockCausal(2, 1)) is AttnImpl.PALLAS_TPU
   assert resolve("auto", jnp.bfloat16, jnp.ones((4, 4), bool)) is AttnImpl.REFERENCE

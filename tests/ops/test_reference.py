@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "kernels"))
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "kernels"))
 from attention_cases import TOLERANCE, make_problem, rel_err  # noqa: E402
 from rf_jax.ops import BlockCausal, SlotMemory  # noqa: E402
 from rf_jax.ops.oracle import dense_attention  # noqa: E402

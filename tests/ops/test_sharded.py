@@ -14,7 +14,7 @@ SCRIPT = textwrap.dedent("""
     from attention_cases import make_problem, rel_err
     from rf_jax.ops.sharded import sharded_attention
     assert jax.device_count() == 8, jax.devices()
-    mesh = jax.make_mesh((2, 4), ("data", "model"), axis_types=(jax.sharding.AxisType.Explicit,) * 2)
+    mesh = jax.make_mesh((2, 1, 4), ("data", "fsdp", "tensor"), axis_types=(jax.sharding.AxisType.Explicit,) * 3)
     q, k, v, mem = make_problem(batch=4, heads=4, frame_tokens=16, head_dim=64, seed=2)
     fn = sharded_attention(mesh, impl={impl!r})
     out = jax.jit(fn)(*fn.place(q, k, v, mem))
@@ -29,7 +29,7 @@ SCRIPT = textwrap.dedent("""
 def test_kernels_under_shard_map_on_8_fake_devices(impl):
   here = os.path.dirname(os.path.abspath(__file__))
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
-  code = SCRIPT.format(cases=os.path.join(here, "..", "kernels"), impl=impl)
+  code = SCRIPT.format(cases=os.path.join(here, "kernels"), impl=impl)
   run = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
   assert run.returncode == 0, run.stderr[-3000:]
   assert run.stdout.startswith("ok")

@@ -23,7 +23,7 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
 
-from rf_jax.kernels.reference_vjp import with_reference_vjp
+from rf_jax.ops.kernels.reference_vjp import with_reference_vjp
 from rf_jax.ops.masks import BlockCausal
 from rf_jax.ops.memory import SlotMemory, compact_entries
 

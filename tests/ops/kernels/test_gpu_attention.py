@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from attention_cases import TOLERANCE, make_problem, rel_err
-from rf_jax.kernels import gpu_attention
+from rf_jax.ops.kernels import gpu_attention
 from rf_jax.ops import BlockCausal
 
 interpret = functools.partial(gpu_attention.memory_attention, block_q=16, block_k=16, interpret=True)

@@ -26,7 +26,7 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plgpu
 
 from rf_jax.ops.masks import BlockCausal
-from rf_jax.kernels.reference_vjp import with_reference_vjp
+from rf_jax.ops.kernels.reference_vjp import with_reference_vjp
 from rf_jax.ops.memory import SlotMemory, compact_entries
 
 Array = jax.Array
