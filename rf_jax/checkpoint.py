@@ -16,140 +16,20 @@ interrupted write never leaves a half-written checkpoint under the final name.
 
 from __future__ import annotations
 
-import contextlib
-import dataclasses
-import functools
 import json
 import os
-import shutil
-import tempfile
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any, Callable, Mapping
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from rf_jax.config import ModelConfig
-from rf_jax.text.umt5 import UMT5Config
-from rf_jax.vae.wan_vae import VAEConfig
+from rf_jax.io import atomic_directory, write_json_atomic
+from rf_jax.ops import AttnImpl
+from rf_jax.registry import KINDS, AnyConfig, Path, abstract_model, kind_of, model_from_params, nest, param_shapes
 
-Path = tuple[str | int, ...]
-AnyConfig = ModelConfig | UMT5Config | VAEConfig
-
-
-@dataclasses.dataclass(frozen=True)
-class Kind:
-  """One model of the pipeline: its checkpoint format, config type and (abstract) constructor."""
-  name: str
-  format: str
-  config_type: type
-  title: str
-
-  def build(self, config, *, dtype=jnp.float32, attn_impl="auto", rngs: nnx.Rngs) -> nnx.Module:
-    if self.name == "dit":
-      from rf_jax.model import CausalWanDiT
-      return CausalWanDiT(config, dtype=dtype, attn_impl=attn_impl, rngs=rngs)
-    if self.name == "umt5":
-      from rf_jax.text.umt5 import UMT5Encoder
-      return UMT5Encoder(config, dtype=dtype, rngs=rngs)
-    from rf_jax.vae.wan_vae import WanVAE
-    return WanVAE(config, dtype=dtype, rngs=rngs)
-
-
-KINDS = {k.name: k for k in (Kind("dit", "rf_jax.dit/1", ModelConfig, "causal Wan DiT"),
-                             Kind("umt5", "rf_jax.umt5/1", UMT5Config, "umT5 text encoder"),
-                             Kind("vae", "rf_jax.vae/1", VAEConfig, "Wan VAE"))}
-FORMAT = KINDS["dit"].format  # the DiT's, kept for callers of the first release
-
-
-def kind_of(config: AnyConfig) -> Kind:
-  for kind in KINDS.values():
-    if isinstance(config, kind.config_type):
-      return kind
-  raise TypeError(f"{type(config).__name__} is not a config of any checkpoint kind ({', '.join(KINDS)})")
-
-
-def abstract_model(config: AnyConfig, *, dtype=jnp.float32, attn_impl="auto") -> Any:
-  """The model of `config`'s kind with shapes but no allocated arrays (`nnx.eval_shape`). `attn_impl`: DiT only."""
-  kind = kind_of(config)
-  return nnx.eval_shape(lambda: kind.build(config, dtype=dtype, attn_impl=attn_impl, rngs=nnx.Rngs(0)))
-
-
-def param_shapes(config: AnyConfig) -> dict[Path, tuple[int, ...]]:
-  """Flax path -> shape of every parameter, without allocating."""
-  return dict(_param_shapes(config))
-
-
-@functools.lru_cache(maxsize=16)
-def _param_shapes(config: AnyConfig) -> tuple[tuple[Path, tuple[int, ...]], ...]:
-  state = nnx.state(abstract_model(config), nnx.Param)
-  return tuple((tuple(path), tuple(v.shape)) for path, v in nnx.to_flat_state(state))
-
-
-def model_from_params(config: AnyConfig, params: Mapping, *, dtype=jnp.float32, attn_impl="auto") -> Any:
-  """The model of `config`'s kind computing in `dtype` whose parameters are `params` (a nested dict of arrays)."""
-  model = abstract_model(config, dtype=dtype, attn_impl=attn_impl)
-  state = nnx.state(model, nnx.Param)
-  nnx.replace_by_pure_dict(state, params)
-  nnx.update(model, state)
-  return model
-
-
-def count_params(config: AnyConfig) -> int:
-  return int(sum(np.prod(s, dtype=np.int64) for s in param_shapes(config).values()))
-
-
-def nest(flat: Mapping[Path, Any]) -> dict:
-  tree: dict = {}
-  for path, value in flat.items():
-    node = tree
-    for p in path[:-1]:
-      node = node.setdefault(p, {})
-    node[path[-1]] = value
-  return tree
-
-
-def flatten(tree: Mapping) -> dict[Path, Any]:
-  """The inverse of `nest`: a nested dict of arrays -> {path: leaf}."""
-  flat: dict[Path, Any] = {}
-  for key, value in tree.items():
-    if isinstance(value, Mapping):
-      flat.update({(key, *path): leaf for path, leaf in flatten(value).items()})
-    else:
-      flat[(key,)] = value
-  return flat
-
-
-@contextlib.contextmanager
-def atomic_directory(dest: str | os.PathLike, *, force: bool = False) -> Iterator[str]:
-  """Yields a fresh temporary folder beside `dest`; on success it replaces `dest` (only with `force`)."""
-  dest = os.path.abspath(os.fspath(dest))
-  if os.path.exists(dest) and not force:
-    raise FileExistsError(f"{dest} already exists; pass --force to replace it")
-  parent = os.path.dirname(dest)
-  os.makedirs(parent, exist_ok=True)
-  tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(dest)}.partial-", dir=parent)
-  try:
-    yield tmp
-    if os.path.exists(dest):
-      old = tempfile.mkdtemp(prefix=f".{os.path.basename(dest)}.old-", dir=parent)
-      os.rename(dest, os.path.join(old, "x"))
-      os.rename(tmp, dest)
-      shutil.rmtree(old, ignore_errors=True)
-    else:
-      os.rename(tmp, dest)
-  except BaseException:
-    shutil.rmtree(tmp, ignore_errors=True)
-    raise
-
-
-def write_json_atomic(path: str, obj: Any) -> None:
-  tmp = f"{path}.tmp-{os.getpid()}"
-  with open(tmp, "w") as f:
-    json.dump(obj, f, indent=2, sort_keys=True)
-    f.write("\n")
-  os.replace(tmp, path)
+FORMAT = KINDS["dit"].format  # the DiT's
 
 
 def save_checkpoint(dest: str | os.PathLike, config: AnyConfig, params: Mapping[Path, Any] | nnx.State, *,
@@ -260,7 +140,7 @@ def load_params(path: str | os.PathLike, *, shardings: ShardingSpec = None,
   return config, state
 
 
-def load_model(path: str | os.PathLike, *, dtype=jnp.float32, shardings: ShardingSpec = None, attn_impl="auto",
+def load_model(path: str | os.PathLike, *, dtype=jnp.float32, shardings: ShardingSpec = None, attn_impl: AttnImpl | str = AttnImpl.AUTO,
                kind: str | None = "dit"):
   """Restores a checkpoint into its model computing in `dtype` (shardings as in `load_params`): a `CausalWanDiT`
   with attention backend `attn_impl`, or with `kind="umt5"` / `"vae"` the text encoder / VAE."""

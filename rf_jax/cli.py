@@ -122,7 +122,7 @@ def cmd_forward(args) -> int:
   import numpy as np
   from flax import nnx
   from rf_jax import checkpoint
-  from rf_jax.checkpoint import atomic_directory, write_json_atomic
+  from rf_jax.io import atomic_directory, write_json_atomic
   from rf_jax.model import CausalWanDiT
   dtype = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[args.compute_dtype]
   if args.checkpoint:

@@ -39,7 +39,7 @@ def load_demo(folder: str | None = None, *, dtype=None, attn_impl: str = "auto")
   folder = folder or ASSET_DIR
   import jax.numpy as jnp
   from safetensors.numpy import load_file
-  from rf_jax.checkpoint import model_from_params, nest, param_shapes
+  from rf_jax.registry import model_from_params, nest, param_shapes
   from rf_jax.config import ModelConfig
   info = load_info(folder)
   config = ModelConfig.from_dict(info["model"], source=os.path.join(folder, "demo.json"))
@@ -59,7 +59,8 @@ def load_demo(folder: str | None = None, *, dtype=None, attn_impl: str = "auto")
 def write_demo(folder: str, config, params: dict, info: dict[str, Any]) -> None:
   """Writes the demo files from a trained model's (EMA) parameters (nested dict)."""
   from safetensors.numpy import save_file
-  from rf_jax.checkpoint import flatten, write_json_atomic
+  from rf_jax.registry import flatten
+  from rf_jax.io import write_json_atomic
   os.makedirs(folder, exist_ok=True)
   flat = {".".join(map(str, p)): np.ascontiguousarray(np.asarray(v, np.float32)) for p, v in flatten(params).items()}
   save_file(flat, os.path.join(folder, "model.safetensors"))

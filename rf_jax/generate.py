@@ -29,7 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rf_jax.checkpoint import atomic_directory, write_json_atomic
+from rf_jax.io import atomic_directory, write_json_atomic
 from rf_jax.memory import Policy, policy_to_dict
 from rf_jax.parallel import placement
 from rf_jax.parallel.distributed import barrier, is_leader

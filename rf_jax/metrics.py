@@ -12,6 +12,9 @@
 
 Correlation is the cosine similarity of mean-centred frames. Frames are [B, T, H, W, C] (channels last: the
 rollout's latents, or decoded RGB); flow runs on the channel mean.
+
+`FrameStats` follows one video's RGB frames as they are written (generate's motion.json / motion.png, drawn by
+`motion_plot`): per frame, the motion from the previous frame and the colour consistency with the first.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import functools
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 Array = jax.Array
 
@@ -105,3 +109,54 @@ def video_metrics(video: Array, flow_radius: int = 2) -> dict[str, Array]:
   return {"motion_energy": motion, "flow_magnitude": mag.mean(axis=(1, 2)),
           "dynamic_degree": (strongest > threshold).mean(axis=1).astype(jnp.float32),
           "first_frame_consistency": first, "previous_frame_consistency": previous, "drift": drift}
+
+
+class FrameStats:
+  """Per-frame statistics of one video, fed its uint8 RGB frames [T, H, W, 3] in order (any number per call).
+
+  motion       mean |frame - previous| / 255
+  consistency  colour-histogram (4x4x4 bins) intersection with the first frame
+  """
+
+  def __init__(self):
+    self.motion: list[float] = []
+    self.consistency: list[float] = []
+    self._first: np.ndarray | None = None
+    self._previous: np.ndarray | None = None
+
+  def update(self, frames: np.ndarray) -> None:
+    for frame in np.asarray(frames).astype(np.float32):
+      hist = np.histogramdd(frame.reshape(-1, 3), bins=(4, 4, 4), range=((0, 256),) * 3)[0].ravel()
+      hist /= hist.sum()
+      if self._first is None:
+        self._first = hist
+      else:
+        self.motion.append(float(np.abs(frame - self._previous).mean() / 255))
+        self.consistency.append(float(np.minimum(hist, self._first).sum()))
+      self._previous = frame
+
+  def to_dict(self) -> dict[str, list[float]]:
+    return {"motion": self.motion, "consistency": self.consistency}
+
+
+def motion_plot(stats: dict[int, FrameStats], fps: int, path: str) -> None:
+  """Per-frame motion and colour consistency of each sample over time, as a PNG."""
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  fig, axes = plt.subplots(2, 1, figsize=(7, 4.5), dpi=100, sharex=True)
+  for k, st in sorted(stats.items()):
+    t = np.arange(1, len(st.motion) + 1) / fps
+    axes[0].plot(t, st.motion, lw=0.8, label=f"sample {k}")
+    axes[1].plot(t, st.consistency, lw=0.8)
+  axes[0].set_ylabel("motion\n(mean |Δframe|)")
+  axes[1].set_ylabel("colour consistency\nwith frame 0")
+  axes[1].set_xlabel("seconds")
+  axes[1].set_ylim(0, 1.02)
+  for ax in axes:
+    ax.grid(alpha=0.3)
+  if len(stats) > 1:
+    axes[0].legend(fontsize=7)
+  fig.tight_layout()
+  fig.savefig(path)
+  plt.close(fig)

@@ -1,4 +1,6 @@
-"""A converted Wan pipeline: one folder with the DiT, the umT5 text encoder, the VAE and the tokenizer.
+"""Where models come from, and the one builder of each: the DiT (`load_dit`: a checkpoint, a preset's random weights
+or the built-in demo), the text encoder (`prompt_encoder`), the VAE (`load_vae`); and a converted Wan pipeline, one
+folder with the DiT, the umT5 text encoder, the VAE and the tokenizer.
 
     OUT/pipeline.json   {"format": "rf_jax.pipeline/1", "parts": {...}, "source": ...}
     OUT/dit/  OUT/umt5/  OUT/vae/    rf_jax checkpoints (rf_jax.checkpoint)
@@ -11,9 +13,14 @@
 from __future__ import annotations
 
 import dataclasses
+import enum
 import json
 import os
 from typing import Any
+
+from rf_jax.config import PRESETS, ComputeDtype, ModelConfig
+from rf_jax.io import atomic_directory, write_json_atomic
+from rf_jax.ops import AttnImpl
 
 FORMAT = "rf_jax.pipeline/1"
 MANIFEST = "pipeline.json"
@@ -60,7 +67,6 @@ def check_compatible(dit, umt5=None, vae=None) -> None:
 
 
 def write_manifest(folder: str, source: dict[str, Any]) -> None:
-  from rf_jax.checkpoint import write_json_atomic
   write_json_atomic(os.path.join(folder, MANIFEST), {"format": FORMAT, "parts": {p: p for p in PARTS},
                                                      "source": source})
 
@@ -69,7 +75,7 @@ def random_pipeline(out: str, *, seed: int = 0, force: bool = False) -> str:
   """Writes a pipeline of random tiny models (DiT `tiny`, `umt5-tiny`, `vae-tiny`) and the built-in byte tokenizer,
   each model from `seed`, exactly as `generate --preset tiny --seed SEED` builds them in memory."""
   from flax import nnx
-  from rf_jax.checkpoint import atomic_directory, save_checkpoint
+  from rf_jax.checkpoint import save_checkpoint
   with atomic_directory(out, force=force) as tmp:
     for name in ("dit", "umt5", "vae"):
       model = random_model(name, seed)
@@ -80,11 +86,11 @@ def random_pipeline(out: str, *, seed: int = 0, force: bool = False) -> str:
   return os.path.abspath(out)
 
 
-def random_model(kind: str, seed: int, *, dtype=None, attn_impl: str = "auto"):
+def random_model(kind: str, seed: int, *, dtype=None, attn_impl: AttnImpl | str = AttnImpl.AUTO):
   """The tiny random model of `kind` ("dit", "umt5", "vae") from `seed` (float32 parameters)."""
   import jax.numpy as jnp
   from flax import nnx
-  from rf_jax.checkpoint import KINDS
+  from rf_jax.registry import KINDS
   from rf_jax.config import TINY
   from rf_jax.text.umt5 import UMT5_TINY
   from rf_jax.vae.wan_vae import VAE_TINY
@@ -166,3 +172,134 @@ def load_vae(source: str, dit_config, *, seed: int):
   vae = random_model("vae", seed) if source == RANDOM else checkpoint.load_model(source, kind="vae")
   check_compatible(dit_config, vae=vae.config)
   return vae
+
+
+# ------------------------------------------------------------------------------------------------ the DiT
+
+DEFAULT_LATENT_HW = (60, 104)  # 480x832 video, Wan2.1's
+TINY_LATENT_HW = (8, 8)
+DEFAULT_FRAMES = 21  # latent frames: Self-Forcing's 81-frame (5 s) video
+
+
+def resolve_config(spec: str | None, src: str | None = None) -> ModelConfig:
+  """A preset name, a Wan `config.json`, a fixture `config.json` (constructor_args), or an rf_jax checkpoint;
+  without a spec, the config.json inside the folder `src`."""
+  from rf_jax import config as cfg
+  if spec is None:
+    if src and os.path.isdir(src) and os.path.exists(os.path.join(src, "config.json")):
+      spec = os.path.join(src, "config.json")
+    else:
+      raise ValueError("--config is required (a preset: " + ", ".join(sorted(PRESETS)) + "; or a config.json)")
+  if spec in PRESETS:
+    return cfg.get_preset(spec)
+  if os.path.isdir(spec):
+    spec = os.path.join(spec, "config.json")
+  if not os.path.exists(spec):
+    raise ValueError(f"--config {spec!r} is neither a preset ({', '.join(sorted(PRESETS))}) nor a file")
+  with open(spec) as f:
+    try:
+      d = json.load(f)
+    except json.JSONDecodeError as e:
+      raise ValueError(f"{spec}: not valid JSON ({e})") from None
+  if "constructor_args" in d:
+    return cfg.from_constructor_args(d["constructor_args"])
+  if "format" in d and "model" in d:
+    from rf_jax.checkpoint import load_config
+    return load_config(os.path.dirname(os.path.abspath(spec)))
+  return cfg.from_wan_config(spec)
+
+
+class DiTOrigin(enum.Enum):
+  CHECKPOINT = "checkpoint"  # an rf_jax DiT checkpoint (or the dit/ of a pipeline folder)
+  RANDOM = "random"  # a config's random weights from a seed (a preset)
+  DEMO = "demo"  # the built-in demo model shipped in the package
+
+
+@dataclasses.dataclass(frozen=True)
+class DiTSource:
+  """Where the DiT comes from. Build one with `checkpoint`, `random`, `preset`, `demo` or `of` (the CLI's pair)."""
+  origin: DiTOrigin
+  path: str | None = None  # CHECKPOINT: the DiT checkpoint folder
+  model_config: ModelConfig | None = None  # RANDOM
+  preset: str | None = None  # RANDOM from a preset: its name
+  seed: int = 0  # RANDOM
+
+  @classmethod
+  def checkpoint(cls, path: str) -> "DiTSource":
+    """A DiT checkpoint, or a pipeline folder (its dit/)."""
+    return cls(DiTOrigin.CHECKPOINT, path=PipelineFolder.open(path).part("dit") if is_pipeline(path) else path)
+
+  @classmethod
+  def random(cls, config: ModelConfig, seed: int = 0, *, preset: str | None = None) -> "DiTSource":
+    return cls(DiTOrigin.RANDOM, model_config=config, preset=preset, seed=seed)
+
+  @classmethod
+  def of_preset(cls, name: str, seed: int = 0) -> "DiTSource":
+    return cls.random(resolve_config(name), seed, preset=name)
+
+  @classmethod
+  def demo(cls) -> "DiTSource":
+    return cls(DiTOrigin.DEMO)
+
+  @classmethod
+  def of(cls, checkpoint: str | None, preset: str | None, *, seed: int = 0) -> "DiTSource":
+    """--checkpoint, else --preset, else the built-in demo."""
+    if checkpoint is not None:
+      return cls.checkpoint(checkpoint)
+    if preset is not None:
+      return cls.of_preset(preset, seed)
+    return cls.demo()
+
+  @property
+  def is_tiny_preset(self) -> bool:
+    return self.origin is DiTOrigin.RANDOM and self.preset == "tiny"
+
+  def config(self) -> ModelConfig:
+    """The DiT's config, read without building the model."""
+    if self.origin is DiTOrigin.CHECKPOINT:
+      from rf_jax.checkpoint import load_config
+      return load_config(self.path, "dit")
+    if self.origin is DiTOrigin.RANDOM:
+      return self.model_config
+    from rf_jax import demo
+    return ModelConfig.from_dict(demo.load_info()["model"], source="the demo model")
+
+  def default_latent_hw(self) -> tuple[int, int]:
+    """The latent size a run uses unless told: the demo's frames, 8x8 for the tiny preset, else 480x832 video."""
+    if self.origin is DiTOrigin.DEMO:
+      from rf_jax import demo
+      return tuple(demo.load_info()["frame_hw"])
+    return TINY_LATENT_HW if self.is_tiny_preset else DEFAULT_LATENT_HW
+
+  def describe(self) -> dict[str, Any]:
+    """Where the weights came from, for summaries."""
+    if self.origin is DiTOrigin.CHECKPOINT:
+      return {"checkpoint": os.path.abspath(self.path)}
+    if self.origin is DiTOrigin.RANDOM:
+      return {"preset": self.preset, "weights": f"random (seed {self.seed})"}
+    from rf_jax import demo
+    return {"demo": demo.ASSET_DIR, "trained": demo.load_info().get("trained")}
+
+
+def load_dit(source: DiTSource, *, dtype: ComputeDtype | str = ComputeDtype.FLOAT32,
+             attn_impl: AttnImpl | str = AttnImpl.AUTO, mesh=None, abstract: bool = False):
+  """The one builder of the causal DiT: `source`'s weights, computing in `dtype`, attention on `attn_impl`.
+
+  mesh: a checkpoint is restored straight onto it (each parameter into its shards by the partition rules); random
+  and demo weights are built on the default device (`rf_jax.parallel.place_model` moves them). abstract: shapes
+  only (`nnx.eval_shape`; RANDOM sources).
+  """
+  from flax import nnx
+  from rf_jax.model import CausalWanDiT
+  dtype, attn_impl = ComputeDtype.parse(dtype).jnp, AttnImpl.parse(attn_impl)
+  if source.origin is DiTOrigin.CHECKPOINT:
+    from rf_jax import checkpoint
+    from rf_jax.parallel.placement import param_shardings
+    return checkpoint.load_model(source.path, dtype=dtype, attn_impl=attn_impl,
+                                 shardings=None if mesh is None else param_shardings(mesh))
+  if source.origin is DiTOrigin.RANDOM:
+    make = lambda: CausalWanDiT(source.model_config, dtype=dtype, attn_impl=attn_impl,  # noqa: E731
+                                rngs=nnx.Rngs(source.seed))
+    return nnx.eval_shape(make) if abstract else make()
+  from rf_jax import demo
+  return demo.load_demo(dtype=dtype, attn_impl=attn_impl)[0]

@@ -129,7 +129,7 @@ class ReferenceFolder:
                                .get("num_frame_per_block", 3)))
 
   def load_model(self, dtype=jnp.float32):
-    from rf_jax.checkpoint import model_from_params, nest
+    from rf_jax.registry import model_from_params, nest
     from rf_jax.convert import convert_tensors, open_source
     weights = os.path.join(self.path, "model.safetensors")
     if not os.path.exists(weights):

@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from rf_jax.config import memory_args_from_constructor_args
-from rf_jax.memory import Policy, RelaxPolicy, SlowFastPolicy, WindowPolicy, policy_from_dict
+from rf_jax.memory import Policy, RelaxPolicy, SlowFastUpstreamPolicy, WindowPolicy, policy_from_dict
 from rf_jax.model.rope import apply_rope, rope_cos_sin
 from rf_jax.reference_check import Comparison, ReferenceFolder, max_abs_error, mismatch
 from rf_jax.sampling import Rollout, Sampler
@@ -122,7 +122,7 @@ def _check_rollout(ref: ReferenceFolder, z: dict, model, policy: Policy, abs_tol
     yield from _check_window(ref, z, policy, states, f, abs_tol)
   elif isinstance(policy, RelaxPolicy):
     yield from _check_relax(ref, z, policy, outs, states, f, abs_tol)
-  elif isinstance(policy, SlowFastPolicy) and policy.mode == "upstream":
+  elif isinstance(policy, SlowFastUpstreamPolicy):
     yield from _check_slow_fast(ref, z, policy, outs, states, f, abs_tol)
 
 
@@ -230,7 +230,7 @@ def _check_relax(ref, z, policy: RelaxPolicy, outs, states, f, tol) -> Iterator[
     yield Comparison("rollout/kv0_after_chunk_k", worst, tol, "max_abs")
 
 
-def _check_slow_fast(ref, z, policy: SlowFastPolicy, outs, states, f, tol) -> Iterator[Comparison]:
+def _check_slow_fast(ref, z, policy: SlowFastUpstreamPolicy, outs, states, f, tol) -> Iterator[Comparison]:
   exact = lambda name, out: Comparison(f"rollout/{name}", mismatch(out, z[name]), 0.0, "mismatch")  # noqa: E731
   s, kslow = policy.sink_frames, policy.slow_frames
   sims = np.concatenate([o.calls["similarity"] for o in outs])  # [calls, L]

@@ -37,7 +37,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rf_jax.checkpoint import write_json_atomic
+from rf_jax.io import write_json_atomic
 from rf_jax.memory import Policy, policy_to_dict
 from rf_jax.metrics import NAMES as METRICS, video_metrics
 from rf_jax.parallel import placement

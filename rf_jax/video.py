@@ -5,6 +5,8 @@
     info = probe(path)         # {"frames", "height", "width", "fps", "codec"} by decoding the file back
 
 `to_uint8` maps the VAE's pixels as Wan saves them: clamp to [-1, 1], then (x + 1) / 2 * 255, rounded.
+`StreamDecoder` turns each sample's latent chunks into its mp4 as they come (through the VAE's streaming decode, or
+as they are for a pixel-space model).
 """
 
 from __future__ import annotations
@@ -94,3 +96,71 @@ def probe(path: str) -> dict:
   frame_bytes = width * height * 3
   return {"frames": len(res.stdout) // frame_bytes, "height": height, "width": width, "fps": fps, "codec": codec,
           "first_frame": np.frombuffer(res.stdout[:frame_bytes], np.uint8).reshape(height, width, 3)}
+
+
+class StreamDecoder:
+  """Each sample's chunks -> its mp4, as they come: through the VAE's streaming decode (jitted: one compile for the
+  first chunk, one for the rest; each sample keeps its own fixed-shape decoder history, so pixel frames exist only
+  one chunk at a time), or as they are for a pixel-space model (vae None). Frames are scaled up `scale` times
+  (nearest neighbour) for viewing.
+
+  chunk_shape: the rollout's latent chunk [B, F, h, w, C]; names: the mp4 file of each sample; frames: latent
+  frames per video (the last chunk may run past them).
+  """
+
+  def __init__(self, vae, chunk_shape: tuple[int, ...], folder: str, names: list[str], frames: int, fps: int,
+               scale: int = 1):
+    import jax
+    self.vae = vae
+    if vae is not None:
+      from flax import nnx
+      graphdef, state = nnx.split(vae)
+      self._state = state
+      self._decode = jax.jit(
+          lambda st, z, hist, first: nnx.merge(graphdef, st).decode_stream(z, hist, first=first), static_argnums=3)
+      self._zero = vae.init_stream((1, *chunk_shape[1:]))
+      s, t = vae.config.spatial_stride, vae.config.temporal_stride
+    else:
+      s, t = 1, 1
+      self._zero = None
+    self.scale = scale
+    self.fps = fps
+    self.height, self.width = chunk_shape[2] * s * scale, chunk_shape[3] * s * scale
+    self.total = 1 + t * (frames - 1)  # pixel frames of `frames` latents
+    self.folder = folder
+    self.names = names
+    self._open: dict[int, list] = {}  # sample -> [writer, decoder history, frames written]
+
+  def add(self, sample: int, chunk_index: int, z: np.ndarray) -> np.ndarray:
+    """z: this sample's latents of one chunk [F, h, w, C] (chunk_index 0 starts its video). Returns the uint8
+    frames written [T, H/scale, W/scale, 3] (none past the video's end)."""
+    import jax.numpy as jnp
+    if chunk_index == 0:
+      writer = Mp4Writer(os.path.join(self.folder, self.names[sample]), height=self.height, width=self.width,
+                         fps=self.fps)
+      self._open[sample] = [writer, self._zero, 0]
+    entry = self._open[sample]
+    if self.vae is not None:
+      pixels, entry[1] = self._decode(self._state, jnp.asarray(z[None]), entry[1], chunk_index == 0)
+      pixels = np.asarray(pixels[0])
+    else:
+      pixels = np.asarray(z)
+    keep = max(0, min(pixels.shape[0], self.total - entry[2]))
+    frames = to_uint8(pixels[:keep])
+    if keep:
+      scaled = frames
+      if self.scale > 1:
+        scaled = np.repeat(np.repeat(frames, self.scale, axis=1), self.scale, axis=2)
+      entry[0].write(scaled)
+      entry[2] += keep
+    return frames
+
+  def finish(self) -> None:
+    for writer, *_ in self._open.values():
+      writer.close()
+    self._open.clear()
+
+  def abort(self) -> None:
+    for writer, *_ in self._open.values():
+      writer.__exit__(RuntimeError, None, None)
+    self._open.clear()

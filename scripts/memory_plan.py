@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import AbstractMesh
 
-from rf_jax.checkpoint import param_shapes
+from rf_jax.registry import param_shapes
 from rf_jax.config import get_preset
 from rf_jax.memory import RelaxPolicy
 from rf_jax.memory.reservoir import Geometry

@@ -59,7 +59,8 @@ def test_demo_diagnostics_on_a_tiny_model(tmp_path):
   """scripts/demo_diagnostics.py on an untrained tiny-config model: every test reported, the baselines computed from
   the dataset independently, and the rollout strip written."""
   import numpy as np
-  from rf_jax.checkpoint import flatten, save_checkpoint
+  from rf_jax.registry import flatten
+  from rf_jax.checkpoint import save_checkpoint
   from rf_jax.data.shapes import shapes_batch
   from rf_jax.train import load_train_config
   from rf_jax.train.step import initial_params

@@ -3,7 +3,7 @@ import json
 import pytest
 
 from rf_jax import config as cfg
-from rf_jax.checkpoint import count_params, param_shapes
+from rf_jax.registry import count_params, param_shapes
 
 
 def test_presets_match_the_spec():

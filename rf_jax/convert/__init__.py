@@ -45,7 +45,7 @@ def param_dtype_for(path: Path, shape: tuple[int, ...], dtype: str | None, sourc
 
 def rules_for(config) -> tuple[tuple, int]:
   """(compiled rule table, number of stacked layers) of the model `config` describes."""
-  from rf_jax.checkpoint import kind_of
+  from rf_jax.registry import kind_of
   kind = kind_of(config).name
   if kind == "dit":
     from rf_jax.convert.wan_dit import _COMPILED
@@ -65,7 +65,7 @@ def convert_tensors(tensors: list[SourceTensor], config, *, dtype: str | None = 
   allocate(path, shape, dtype) makes the destination arrays (default: in memory; `convert_checkpoint` passes
   memory-mapped files so a 14B model never has to fit in RAM).
   """
-  from rf_jax.checkpoint import param_shapes
+  from rf_jax.registry import param_shapes
   shapes = param_shapes(config)
   rules, num_layers = rules_for(config)
   assignments = plan(tensors, shapes, num_layers=num_layers, rules=rules)
@@ -99,7 +99,8 @@ def convert_checkpoint(src: str | os.PathLike, out: str | os.PathLike, *, config
   Parameters are staged in memory-mapped files beside `out`, so memory stays bounded by one source tensor even
   for the 14B model; the checkpoint is renamed into place only when complete. Returns the written meta.
   """
-  from rf_jax.checkpoint import count_params, save_checkpoint
+  from rf_jax.registry import count_params
+  from rf_jax.checkpoint import save_checkpoint
   out = os.path.abspath(os.fspath(out))
   if os.path.exists(out) and not force:
     raise FileExistsError(f"{out} already exists; pass --force to replace it")

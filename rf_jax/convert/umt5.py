@@ -24,7 +24,7 @@ _COMPILED = compile_rules(RULES)
 
 
 def param_shapes(config: UMT5Config) -> dict[Path, tuple[int, ...]]:
-  from rf_jax.checkpoint import param_shapes as shapes
+  from rf_jax.registry import param_shapes as shapes
   return shapes(config)
 
 
@@ -38,5 +38,5 @@ def convert_umt5_tensors(tensors: list[SourceTensor], config: UMT5Config) -> dic
 def encoder_from_params(config: UMT5Config, params, *, dtype=None):
   """The model whose parameters are `params` ({flax path: array}), computing in `dtype` (default float32)."""
   import jax.numpy as jnp
-  from rf_jax.checkpoint import model_from_params, nest
+  from rf_jax.registry import model_from_params, nest
   return model_from_params(config, nest(params), dtype=dtype or jnp.float32)

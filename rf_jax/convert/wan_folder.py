@@ -101,7 +101,7 @@ def convert_wan_folder(src: str, out: str, *, dit: str | None = None, weights: s
   dtype: stored dtype of the DiT's and the encoder's matrices (default: as stored; the VAE always keeps its own).
   """
   from rf_jax import pipeline
-  from rf_jax.checkpoint import atomic_directory
+  from rf_jax.io import atomic_directory
   from rf_jax.cli import resolve_config
   from rf_jax.convert import convert_checkpoint
   from rf_jax.text.tokenizer import UMT5Tokenizer

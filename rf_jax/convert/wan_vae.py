@@ -59,7 +59,7 @@ _COMPILED = compile_rules(RULES)
 
 
 def param_shapes(config: VAEConfig) -> dict[Path, tuple[int, ...]]:
-  from rf_jax.checkpoint import param_shapes as shapes
+  from rf_jax.registry import param_shapes as shapes
   return shapes(config)
 
 
@@ -72,5 +72,5 @@ def convert_vae_tensors(tensors: list[SourceTensor], config: VAEConfig) -> dict[
 def vae_from_params(config: VAEConfig, params, *, dtype=None):
   """The model whose parameters are `params` ({flax path: array}), computing in `dtype` (default float32)."""
   import jax.numpy as jnp
-  from rf_jax.checkpoint import model_from_params, nest
+  from rf_jax.registry import model_from_params, nest
   return model_from_params(config, nest(params), dtype=dtype or jnp.float32)

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -38,7 +38,7 @@ import numpy as np
 from rf_jax.memory.base import CallView, Chunk, Policy, moved_by, traced
 from rf_jax.memory.reservoir import Geometry, Reservoir, init_reservoir, ring_slot, write_frames
 from rf_jax.model.dit import MemoryView
-from rf_jax.sampling.schedule import torch_linspace
+from rf_jax.numerics import torch_linspace
 
 Array = jax.Array
 
@@ -98,6 +98,14 @@ def live_ring(reservoir_frames: int, chunk_frames: int, sink: int, tail: int, nu
 def _normalize(x: Array) -> Array:
   """F.normalize: x / max(||x||, 1e-12) over the last axis."""
   return x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+
+
+class RelaxView(NamedTuple):
+  """What `begin_chunk` fixes for a chunk: every call and the refill read the memory through it."""
+  shift: Array | None  # int32 [B, M]: the extra turn of each entry (hybrid positions), or None (absolute)
+  valid: Array  # bool [B, M]
+  slots: Array  # int32 [B, M]: the reservoir slot of each entry
+  trace: dict  # the chunk's diagnostics (candidates, scores, choice, frames and positions shown)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -198,7 +206,7 @@ class RelaxPolicy(Policy):
              "history": hist_frame, "memory_frames": frames, "memory_positions": pos,
              "chunk_positions": chunk.positions, "sink_proto": sink_p, "tail_proto": tail_p,
              "candidate_protos": cand_p}
-    return res, ((shift, valid, slots), trace)
+    return res, RelaxView(shift, valid, slots, trace)
 
   def choose(self, scores: Array, cand_ok: Array, cand_frame: Array, chunk: Chunk) -> Array:
     """The top-H candidates by score: scores [B, C] (NaN where no candidate) -> indices [B, H], in temporal order."""
@@ -208,13 +216,11 @@ class RelaxPolicy(Policy):
     _, top = jax.lax.top_k(ranked, self.history_frames)
     return jnp.sort(top, axis=-1)
 
-  def call_view(self, params, res, ctx, chunk: Chunk) -> CallView:
-    (shift, valid, slots), _ = ctx
-    return CallView(MemoryView(res.k, res.v, shift, valid, slots), chunk.positions)  # slots read in place
+  def call_view(self, params, res, view: RelaxView, chunk: Chunk) -> CallView:
+    return CallView(MemoryView(res.k, res.v, view.shift, view.valid, view.slots), chunk.positions)  # in place
 
-  def end_chunk(self, params, res: Reservoir, ctx, kv, chunk: Chunk):
-    _, trace = ctx
-    return write_frames(res, kv, chunk.start, self.sink_frames, chunk.grid), trace
+  def end_chunk(self, params, res: Reservoir, view: RelaxView, kv, chunk: Chunk):
+    return write_frames(res, kv, chunk.start, self.sink_frames, chunk.grid), view.trace
 
   def describe(self, chunk, trace, calls):
     b0 = {k: np.asarray(v) for k, v in trace.items()}

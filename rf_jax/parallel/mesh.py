@@ -17,9 +17,9 @@ from typing import Mapping
 
 from jax.sharding import PartitionSpec as P
 
-from rf_jax.config import ModelConfig
+from rf_jax.config import MESH_AXES, ModelConfig
 
-MESH_AXES = ("data", "fsdp", "tensor")
+__all__ = ["MESH_AXES", "MeshConfig", "PARAM_RULES", "param_spec", "param_specs"]
 
 # Flax path (regex, full match) -> the mesh axis of each dimension (None = whole).
 PARAM_RULES: tuple[tuple[str, tuple[str | None, ...]], ...] = (
@@ -92,7 +92,7 @@ def param_spec(path: str, shape: tuple[int, ...], mesh: MeshConfig) -> P:
 
 def param_specs(config: ModelConfig, mesh: MeshConfig) -> Mapping[str, P]:
   """Every parameter's PartitionSpec (dotted path -> spec), from the shapes alone (nothing is allocated)."""
-  from rf_jax.checkpoint import param_shapes
+  from rf_jax.registry import param_shapes
   mesh.validate(config)
   return {".".join(map(str, path)): param_spec(".".join(map(str, path)), shape, mesh)
           for path, shape in param_shapes(config).items()}

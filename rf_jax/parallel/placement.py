@@ -14,9 +14,10 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from rf_jax.parallel.mesh import MESH_AXES, MeshConfig, param_spec
+from rf_jax.config import BATCH_AXES, MESH_AXES
+from rf_jax.parallel.mesh import MeshConfig, param_spec
 
-BATCH = ("data", "fsdp")  # the mesh axes samples are split over
+BATCH = BATCH_AXES  # the mesh axes samples are split over
 
 
 def make_mesh(config: MeshConfig, devices=None) -> Mesh:
@@ -143,3 +144,9 @@ def to_host(x) -> np.ndarray:
     return np.asarray(x)
   from jax.experimental import multihost_utils
   return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+
+
+def param_shardings(mesh: Mesh) -> Callable[[tuple, tuple[int, ...]], NamedSharding]:
+  """Checkpoint restore straight onto the mesh: (Flax path, shape) -> NamedSharding by the partition rules."""
+  cfg = mesh_config(mesh)
+  return lambda path, shape: NamedSharding(mesh, param_spec(".".join(map(str, path)), shape, cfg))

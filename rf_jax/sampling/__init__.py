@@ -1,6 +1,8 @@
-"""Sampling: the flow-matching schedule and the autoregressive rollout."""
+"""Sampling: the flow-matching schedule, the autoregressive rollout, and how seeds become random numbers."""
 
 from rf_jax.sampling.rollout import ChunkOut, Rollout, Sampler, chunk_noise, text_rows
 from rf_jax.sampling.schedule import FlowSchedule
+from rf_jax.sampling.seeds import SeedKeys, noise_keys, random_text, seed_keys
 
-__all__ = ["ChunkOut", "FlowSchedule", "Rollout", "Sampler", "chunk_noise", "text_rows"]
+__all__ = ["ChunkOut", "FlowSchedule", "Rollout", "SeedKeys", "Sampler", "chunk_noise", "noise_keys", "random_text",
+           "seed_keys", "text_rows"]

@@ -78,6 +78,11 @@ class Sampler:
     return cls(timesteps=tuple(steps), context_noise=float(context_noise), chunk_frames=chunk_frames,
                schedule=schedule, eta=float(eta))
 
+  def whole_chunks(self, frames: int) -> int:
+    """The frames a rollout of `frames` generates: rounded up to whole chunks (the last chunk is generated whole
+    and the frames past `frames` dropped)."""
+    return -(-frames // self.chunk_frames) * self.chunk_frames
+
   def step_noise(self, fresh: Array, x: Array, flow: Array, sigma: Array) -> Array:
     """The noise a call's x0 is re-noised with towards the next step: `fresh` when eta = 1 (static), else
     eta * fresh + sqrt(1 - eta^2) * (x + (1 - sigma) * flow), the noise the model implies in x (float32 in)."""

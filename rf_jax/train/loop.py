@@ -24,7 +24,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from rf_jax.checkpoint import write_json_atomic
+from rf_jax.io import write_json_atomic
 from rf_jax.data.shapes import shapes_batch
 from rf_jax.parallel import placement
 from rf_jax.parallel.distributed import is_leader
@@ -164,7 +164,8 @@ def train(cfg: TrainConfig, out: str, *, mesh=None, progress: bool = True) -> di
 
 def export_model(cfg: TrainConfig, params: dict, dest: str) -> str:
   """The (EMA) parameters as an rf_jax DiT checkpoint, replacing `dest` atomically."""
-  from rf_jax.checkpoint import flatten, save_checkpoint
+  from rf_jax.registry import flatten
+  from rf_jax.checkpoint import save_checkpoint
   flat = {p: np.asarray(v) for p, v in flatten(params).items()}
   return save_checkpoint(dest, cfg.model, flat, meta={"source": "rf-jax train", "weights": "ema",
                                                       "steps": cfg.steps, "commit": git_commit()}, force=True)

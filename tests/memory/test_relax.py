@@ -33,7 +33,7 @@ def selector(policy):
   def run(params, res, c):
     chunk = Chunk(c, F, (1, res.k.shape[4]))
     res, ctx = policy.begin_chunk(params, res, chunk)
-    return policy.call_view(params, res, ctx, chunk).memory, ctx[1]
+    return policy.call_view(params, res, ctx, chunk).memory, ctx.trace
   return jax.jit(run)
 
 

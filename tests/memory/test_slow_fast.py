@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from rf_jax.memory import Chunk, SlowFastPolicy
+from rf_jax.memory import Chunk, SlowFastPolicy, policy_from_dict
 from rf_jax.memory.reservoir import Geometry
 from rf_jax.model.attention import FrameKV
 
@@ -62,5 +62,5 @@ def test_positions_are_bounded_and_the_chunk_ends_at_the_anchor():
 def test_invalid_settings():
   with pytest.raises(ValueError, match="rope_length"):
     SlowFastPolicy(rope_length=10).validate(F)
-  with pytest.raises(ValueError, match="mode"):
-    SlowFastPolicy(mode="fast").validate(F)
+  with pytest.raises(ValueError, match="mode"):  # the two modes are two policies; a memory block names one
+    policy_from_dict({"policy": "slow_fast", "mode": "fast"})

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from jax.sharding import AbstractMesh, PartitionSpec as P
 
-from rf_jax.memory import RelaxPolicy, SlowFastPolicy, WindowPolicy
+from rf_jax.memory import RelaxPolicy, SlowFastPolicy, SlowFastUpstreamPolicy, WindowPolicy
 from rf_jax.memory.reservoir import Geometry
 from rf_jax.parallel import BATCH, MESH_AXES, MeshConfig, make_mesh, state_specs
 from rf_jax.parallel.placement import host_rows, to_host
@@ -28,7 +28,7 @@ def test_every_policy_state_is_covered():
   clean = state_specs(SlowFastPolicy().init, GEOM, mesh())
   assert clean.res.k == KV and clean.promoted == P(BATCH)
   assert clean.last_rep == P(BATCH, "tensor")  # [B, N*H]: heads are contiguous in the flattened width
-  upstream = state_specs(SlowFastPolicy(mode="upstream").init, GEOM, mesh())
+  upstream = state_specs(SlowFastUpstreamPolicy().init, GEOM, mesh())
   assert upstream.k == KV and upstream.table == P() and upstream.rep == P(None, BATCH, "tensor")
   assert state_specs(WindowPolicy().init, GEOM, mesh()).k == KV
 

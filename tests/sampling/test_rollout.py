@@ -10,7 +10,7 @@ import pytest
 from flax import nnx
 
 from rf_jax.config import get_preset
-from rf_jax.memory import RelaxPolicy, SlowFastPolicy, WindowPolicy
+from rf_jax.memory import RelaxPolicy, SlowFastPolicy, SlowFastUpstreamPolicy, WindowPolicy
 from rf_jax.model import CausalWanDiT
 from rf_jax.sampling import Rollout, Sampler
 
@@ -158,7 +158,7 @@ def test_eta_zero_is_the_euler_step_of_the_flow_ode(model):
 
 @pytest.mark.parametrize("policy", [WindowPolicy(window_frames=9, sink_frames=2, positions="relocated_sink"),
                                     RelaxPolicy(reservoir_frames=12), SlowFastPolicy(slow_frames=2, rope_length=12),
-                                    SlowFastPolicy(slow_frames=2, rope_length=12, mode="upstream")],
+                                    SlowFastUpstreamPolicy(slow_frames=2, rope_length=12)],
                          ids=["window", "relax", "slow_fast", "slow_fast_upstream"])
 def test_the_keys_only_refill_stores_what_the_whole_refill_would(model, policy):
   """Unrecorded, the refill computes keys only (no head, the last layer stops at its key/value projections);

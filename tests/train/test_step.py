@@ -20,7 +20,8 @@ def tiny():
 
 
 def test_init_starts_from_the_checkpoint_and_refuses_another_architecture(tiny, tmp_path):
-  from rf_jax.checkpoint import flatten, save_checkpoint
+  from rf_jax.registry import flatten
+  from rf_jax.checkpoint import save_checkpoint
   cfg = tiny
   other = dataclasses.replace(cfg, seed=7)
   params = step_mod.initial_params(other)
