@@ -100,7 +100,7 @@ def cmd_inspect(args) -> int:
 
 
 def cmd_check_reference(args) -> int:
-  from rf_jax.reference_check import check_reference
+  from rf_jax.reference import check_reference
   results, notes = check_reference(args.dir, tolerance=args.tolerance, abs_tolerance=args.abs_tolerance)
   for note in notes:
     print(f"note: {note}", file=sys.stderr)

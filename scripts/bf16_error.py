@@ -25,7 +25,7 @@ def _errors(model_f32, model_bf16, x, t, ctx, **kw):
 def main(folders):
   from rf_jax.config import TINY
   from rf_jax.model import CausalWanDiT
-  from rf_jax.reference_check import ReferenceFolder
+  from rf_jax.reference.folder import ReferenceFolder
   from rf_jax.runinfo import git_commit
   base = {"device": str(jax.devices()[0]), "jax": jax.__version__, "commit": git_commit()}
   if not folders:

@@ -5,9 +5,10 @@ import jax
 import pytest
 
 from conftest import fixture_dir
-from rf_jax.reference_check import ReferenceFolder, check_reference
+from rf_jax.reference.folder import ReferenceFolder
 
 # What each folder must have had compared (besides final latents, per-call x0 and the step list).
+from rf_jax.reference import check_reference
 EXPECTED = {
     "A": {"kv_after_chunk2_k", "kv_after_chunk2_v"},
     "C": {"kv_after_chunk4_k", "kv_after_chunk4_v"},
@@ -40,7 +41,7 @@ def test_rollout_matches_reference(name):
 def test_rollout_detects_a_wrong_selection():
   """The check is not vacuous: a Relax run that always takes the oldest candidate fails on RX."""
   import dataclasses
-  from rf_jax.reference_rollout import ForcedRelax, _check_rollout, folder_policy
+  from rf_jax.reference.rollout import ForcedRelax, _check_rollout, folder_policy
   ref = ReferenceFolder.open(fixture_dir("RX"))
   z = ref.npz("rollout.npz")
   policy = folder_policy(ref)
@@ -57,7 +58,7 @@ def test_without_a_memory_block_constructor_args_give_a_window(tmp_path):
   import json
   import os
   from rf_jax.memory import WindowPolicy
-  from rf_jax.reference_rollout import folder_policy
+  from rf_jax.reference.rollout import folder_policy
   src = fixture_dir("C")
   config = json.load(open(os.path.join(src, "config.json")))
   del config["memory"]

@@ -73,6 +73,12 @@ class LayerHook(NamedTuple):
   xs: Any
 
 
+class _Embedded(NamedTuple):
+  patches: Array  # [B, F, Hp, Wp, D] in the compute dtype
+  e: Array  # [B*F, D] float32: the time embedding
+  e0: Array  # [B*F, 6D] float32: its projection (the blocks' modulation)
+
+
 class PatchEmbed(nnx.Module):
   """Conv3d with kernel = stride = patch, as one matmul; kernel [pt, ph, pw, C, D] (PyTorch's, transposed)."""
 
@@ -149,9 +155,7 @@ class CausalWanDiT(nnx.Module):
       raise ValueError(f"context has shape {context.shape}; expected [B, <= text_len={cfg.text_len}, "
                        f"text_dim={cfg.text_dim}]")
     context = jnp.pad(context, ((0, 0), (0, cfg.text_len - p), (0, 0)))
-    y = self.text_embedding(context.astype(self.dtype))
-    self.sow(nnx.Intermediate, "act_text_embedding", y, capture_noop=True)
-    return y
+    return self.text_embedding(context.astype(self.dtype))
 
   def text_kv(self, context: Array) -> TextKV:
     """Per-layer cross-attention keys/values of the prompt: [B, Pc, text_dim] -> TextKV([L, B, P, N, H]).
@@ -214,7 +218,7 @@ class CausalWanDiT(nnx.Module):
     _, chunk_kv, hook_out = self._forward(x, t, text, frame_pos, None, memory, hook, keys_only=True)
     return chunk_kv, hook_out
 
-  def _forward(self, x, t, text, frame_pos, self_mask, memory, hook, keys_only: bool = False):
+  def _embed(self, x: Array, t: Array) -> "_Embedded":
     cfg = self.config
     b, f, hl, wl, c = x.shape
     _, ph, pw = cfg.patch_size
@@ -223,31 +227,30 @@ class CausalWanDiT(nnx.Module):
                        f"W % {pw} == 0")
     if t.shape != (b, f):
       raise ValueError(f"t has shape {t.shape}; expected one timestep per frame, [B, F] = {(b, f)}")
-    hp, wp = hl // ph, wl // pw
-    q_len = hp * wp
-
-    tokens = self.patch_embedding(x, self.dtype)  # [B, F, Hp, Wp, D]
-    capturing = self.sow(nnx.Intermediate, "act_patch_embedding", tokens, capture_noop=True)
-    tokens = tokens.reshape(b, f, q_len, cfg.dim).astype(jnp.float32)  # [B, F, Q, D]
-
+    patches = self.patch_embedding(x, self.dtype)  # [B, F, Hp, Wp, D]
     e = self.time_embedding(sinusoidal_embedding(t.reshape(-1), cfg.freq_dim))  # [B*F, D]
     e0 = self.time_projection(e)  # [B*F, 6D]
-    self.sow(nnx.Intermediate, "act_time_embedding", e, capture_noop=True)
-    self.sow(nnx.Intermediate, "act_time_projection", e0, capture_noop=True)
-    e, e0 = e.reshape(b, f, cfg.dim), e0.reshape(b, f, 6, cfg.dim)
+    return _Embedded(patches, e, e0)
 
+  def _layer_step(self, x: Array, text: TextKV, frame_pos: Array, self_mask, memory: MemoryView | None,
+                  hook: LayerHook | None, e0: Array):
+    """(step(h, xs, just_keys=False) -> (h, chunk FrameKV, hook aux), xs): one block of the scan and what it scans
+    over (each block's parameters, text keys/values, hook inputs and index)."""
+    cfg = self.config
+    _, _, hl, wl, _ = x.shape
+    _, ph, pw = cfg.patch_size
+    hp, wp = hl // ph, wl // pw
     cos, sin = rope_cos_sin(frame_pos, (hp, wp), cfg.head_dim)  # [F, Q, H/2]
     mask = self_mask if self_mask is None or isinstance(self_mask, BlockCausal) else jnp.asarray(self_mask, bool)
     mem_cos = mem_sin = mem_xs = None
     if memory is not None:
       if memory.shift is not None:
         ang = shift_cos_sin(memory.shift, cfg.head_dim)  # the frame axis turns: [B, M, H/2]
-        mem_cos, mem_sin = (jnp.broadcast_to(a[:, :, None], (*a.shape[:2], q_len, a.shape[-1])) for a in ang)
+        mem_cos, mem_sin = (jnp.broadcast_to(a[:, :, None], (*a.shape[:2], hp * wp, a.shape[-1])) for a in ang)
       mem_xs = hook.xs if hook is not None else None
-
     graphdef, state = nnx.split(self.blocks)
 
-    def layer(h, xs, just_keys: bool = False):
+    def step(h, xs, just_keys: bool = False):
       block_state, text_k, text_v, mem_l, index = xs
       block = nnx.merge(graphdef, block_state)
       if memory is None:
@@ -260,30 +263,82 @@ class CausalWanDiT(nnx.Module):
           return SlotMemory(k, v, None, memory.valid, mem_cos, mem_sin), aux
       if just_keys:  # the refill's last layer: its output would feed only the head
         return block.keys_only(h, e0, mem)
-      h, chunk_kv, aux = block(h, e0, text_k, text_v, text.bias, cos, sin, mask, mem)
-      return h, (chunk_kv, aux, h if capturing else None)
+      return block(h, e0, text_k, text_v, text.bias, cos, sin, mask, mem)
 
-    xs = (state, text.k, text.v, mem_xs, jnp.arange(cfg.num_layers, dtype=jnp.int32))
-    if keys_only:  # layers 0..L-2 in a loop that reads each layer in place, then the last layer's keys
-      take = lambda i: jax.tree.map(lambda a: a[i], xs)  # noqa: E731
-      last = cfg.num_layers - 1
-      h, (head_kv, head_aux, _) = jax.lax.scan(lambda h, i: layer(h, take(i)), tokens, jnp.arange(last))
-      _, last_kv, last_aux = layer(h, take(last), just_keys=True)
-      join = lambda a, b: jnp.concatenate([a, b[None]]) if a is not None else None  # noqa: E731
-      return None, jax.tree.map(join, head_kv, last_kv), jax.tree.map(join, head_aux, last_aux)
-    h, (chunk_kv, hook_out, per_layer) = jax.lax.scan(layer, tokens, xs)
-    if capturing:
-      for i in range(cfg.num_layers):
-        self.sow(nnx.Intermediate, f"act_block{i}", per_layer[i].reshape(b, f * q_len, cfg.dim))
+    return step, (state, text.k, text.v, mem_xs, jnp.arange(cfg.num_layers, dtype=jnp.int32))
 
-    out = self.head(h, e)  # [B, F, Q, ph*pw*C]
-    self.sow(nnx.Intermediate, "act_head", out, capture_noop=True)
-    out = out.astype(jnp.float32).reshape(b, f, hp, wp, ph, pw, cfg.out_dim)
+  def _head(self, x: Array, t: Array, h: Array, e: Array) -> tuple[Array, Array]:
+    """(flow [B, F, Hl, Wl, C] float32, the head's raw output [B, F, Q, ph*pw*C]) from the last hidden state."""
+    cfg = self.config
+    b, f, hl, wl, _ = x.shape
+    _, ph, pw = cfg.patch_size
+    hp, wp = hl // ph, wl // pw
+    raw = self.head(h, e)  # [B, F, Q, ph*pw*C]
+    out = raw.astype(jnp.float32).reshape(b, f, hp, wp, ph, pw, cfg.out_dim)
     out = out.transpose(0, 1, 2, 4, 3, 5, 6).reshape(b, f, hl, wl, cfg.out_dim)  # [B, F, Hl, Wl, C]
     if cfg.prediction == "x0":  # the head predicts the clean sample: return the flow it implies
       sigma = jnp.maximum(t.astype(jnp.float32) / 1000.0, X0_SIGMA_FLOOR)[:, :, None, None, None]  # [B, F, 1, 1, 1]
-      return (x.astype(jnp.float32) - out) / sigma, chunk_kv, hook_out
-    return out, chunk_kv, hook_out
+      out = (x.astype(jnp.float32) - out) / sigma
+    return out, raw
+
+  def _forward(self, x, t, text, frame_pos, self_mask, memory, hook, keys_only: bool = False):
+    cfg = self.config
+    b, f = x.shape[:2]
+    emb = self._embed(x, t)
+    tokens = emb.patches.reshape(b, f, -1, cfg.dim).astype(jnp.float32)  # [B, F, Q, D]
+    e, e0 = emb.e.reshape(b, f, cfg.dim), emb.e0.reshape(b, f, 6, cfg.dim)
+    step, xs = self._layer_step(x, text, frame_pos, self_mask, memory, hook, e0)
+    if keys_only:  # layers 0..L-2 in a loop that reads each layer in place, then the last layer's keys
+      take = lambda i: jax.tree.map(lambda a: a[i], xs)  # noqa: E731
+      last = cfg.num_layers - 1
+
+      def body(h, i):
+        h, kv, aux = step(h, take(i))
+        return h, (kv, aux)
+
+      h, (head_kv, head_aux) = jax.lax.scan(body, tokens, jnp.arange(last))
+      _, last_kv, last_aux = step(h, take(last), just_keys=True)
+      join = lambda a, b: jnp.concatenate([a, b[None]]) if a is not None else None  # noqa: E731
+      return None, jax.tree.map(join, head_kv, last_kv), jax.tree.map(join, head_aux, last_aux)
+
+    def body(h, xs_l):
+      h, kv, aux = step(h, xs_l)
+      return h, (kv, aux)
+
+    h, (chunk_kv, hook_out) = jax.lax.scan(body, tokens, xs)
+    flow, _ = self._head(x, t, h, e)
+    return flow, chunk_kv, hook_out
+
+  def forward_with_activations(self, x: Array, t: Array, context: Array, *, chunk_frames: int = 3,
+                               local_window_frames: int = -1) -> tuple[Array, dict[str, Array]]:
+    """`forward_train` that also returns its intermediate activations, for checking against a reference:
+
+      act_patch_embedding  [B, F, Hp, Wp, D]     act_text_embedding   [B, text_len, D]
+      act_time_embedding   [B*F, D]              act_time_projection  [B*F, 6D]
+      act_block{i}         [B, F*Q, D] (the residual stream after block i)
+      act_head             [B, F, Q, ph*pw*C]    (the head's output before unpatchify)
+    """
+    cfg = self.config
+    b, f, hl, wl, _ = x.shape
+    _, ph, pw = cfg.patch_size
+    text_embedding = self.embed_text(context)
+    text = self.text_kv(context)
+    emb = self._embed(x, t)
+    tokens = emb.patches.reshape(b, f, -1, cfg.dim).astype(jnp.float32)
+    e, e0 = emb.e.reshape(b, f, cfg.dim), emb.e0.reshape(b, f, 6, cfg.dim)
+    mask = BlockCausal((hl // ph) * (wl // pw), chunk_frames, local_window_frames)
+    step, xs = self._layer_step(x, text, jnp.arange(f, dtype=jnp.int32), mask, None, None, e0)
+
+    def body(h, xs_l):
+      h, _, _ = step(h, xs_l)
+      return h, h
+
+    h, hidden = jax.lax.scan(body, tokens, xs)  # hidden [L, B, F, Q, D]
+    flow, raw = self._head(x, t, h, e)
+    acts = {"act_patch_embedding": emb.patches, "act_text_embedding": text_embedding,
+            "act_time_embedding": emb.e, "act_time_projection": emb.e0, "act_head": raw}
+    acts.update({f"act_block{i}": hidden[i].reshape(b, -1, cfg.dim) for i in range(cfg.num_layers)})
+    return flow, acts
 
   def forward_train(self, x: Array, t: Array, context: Array, *, chunk_frames: int = 3,
                     local_window_frames: int = -1) -> Array:

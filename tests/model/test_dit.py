@@ -7,9 +7,11 @@ import pytest
 from flax import nnx
 
 from conftest import fixture_dir
-from rf_jax.reference_check import ReferenceFolder, check_forward, relative_error
+from rf_jax.reference.folder import ReferenceFolder
 
 
+from rf_jax.reference.dit import check_forward
+from rf_jax.reference.compare import relative_error
 @pytest.fixture(scope="module", params=["A", "C"])
 def reference(request):
   ref = ReferenceFolder.open(fixture_dir(request.param))

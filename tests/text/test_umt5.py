@@ -14,7 +14,7 @@ from conftest import fixture_dir
 from rf_jax.convert import ConversionError
 from rf_jax.convert.readers import SourceTensor, open_source
 from rf_jax.convert.umt5 import convert_umt5_tensors, encoder_from_params, param_shapes
-from rf_jax.reference_check import check_reference
+from rf_jax.reference import check_reference
 from rf_jax.text import UMT5_TINY, UMT5Config, UMT5Encoder, relative_buckets, wan_embeddings
 
 

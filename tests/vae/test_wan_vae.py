@@ -16,7 +16,7 @@ from rf_jax.convert import ConversionError
 from rf_jax.convert.readers import SourceTensor, open_source
 from rf_jax.convert.wan_dit import plan
 from rf_jax.convert.wan_vae import _COMPILED, convert_vae_tensors, param_shapes
-from rf_jax.reference_check import check_reference
+from rf_jax.reference import check_reference
 from rf_jax.vae import VAE_TINY, WAN21_VAE, WanVAE
 
 

@@ -1,4 +1,4 @@
-"""`rf-jax check-reference` for a Wan VAE folder (`config.json` with `constructor_args`, `model.safetensors`,
+"""The Wan VAE's parity check: `rf-jax check-reference` for a Wan VAE folder (`config.json` with `constructor_args`, `model.safetensors`,
 `vae.npz`): encode (and the encoder's stage activations), decode of 3 and 6 latent frames (and the decoder's),
 the pipeline's clamped decode, and the streaming decode (two chunks of 3, then one frame at a time) against the
 reference's chunked decode. Arrays are in the reference's model layout [B, C, T, H, W]."""
@@ -11,6 +11,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from rf_jax.convert.wan_vae import convert_vae_tensors, vae_from_params
+from rf_jax.reference.compare import Comparison, relative_error
+from rf_jax.reference.folder import ReferenceFolder
 from rf_jax.vae.wan_vae import VAEConfig
 
 
@@ -23,11 +26,9 @@ def vae_config_from_constructor_args(args: dict, *, source: str) -> VAEConfig:
                    temporal_downsample=tuple(bool(b) for b in args.get("temperal_downsample", (False, True, True))))
 
 
-def load_reference_vae(path: str):
-  from rf_jax.convert.wan_vae import convert_vae_tensors, vae_from_params
-  from rf_jax.reference_check import read_reference_folder
-  d, cfg_path, tensors = read_reference_folder(path)
-  config = vae_config_from_constructor_args(d["constructor_args"], source=cfg_path)
+def load_reference_vae(ref: ReferenceFolder):
+  tensors = ref.tensors()
+  config = vae_config_from_constructor_args(ref.config["constructor_args"], source=ref.config_path)
   return vae_from_params(config, {p: jnp.asarray(v) for p, v in convert_vae_tensors(tensors, config).items()})
 
 
@@ -39,9 +40,8 @@ def _ml(a) -> np.ndarray:
   return np.moveaxis(np.asarray(a), -1, 1)  # back to the reference's layout
 
 
-def check_vae(path: str, z: dict, tol: float) -> Iterator:
-  from rf_jax.reference_check import Comparison, relative_error
-  model = load_reference_vae(path)
+def check_vae(ref: ReferenceFolder, z: dict, tol: float) -> Iterator[Comparison]:
+  model = load_reference_vae(ref)
   if "video" in z:
     encode = nnx.capture(lambda m, v: m.encode(v), nnx.Intermediate)
     mu, acts = encode(model, _cl(z["video"]))

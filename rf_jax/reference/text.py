@@ -1,4 +1,4 @@
-"""`rf-jax check-reference` for a umT5 folder (`config.json` with T5Encoder `constructor_args`, `model.safetensors`,
+"""The umT5 text encoder's parity check: `rf-jax check-reference` for a umT5 folder (`config.json` with T5Encoder `constructor_args`, `model.safetensors`,
 `t5.npz`): bucket table, embedding, every layer's bias, attention input/output and residual stream, the encoder
 output, Wan's zeroed embeddings, and a 160-token prompt that reaches the log buckets and the distance clamp."""
 
@@ -10,14 +10,16 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from rf_jax.convert.umt5 import convert_umt5_tensors, encoder_from_params
+from rf_jax.reference.compare import Comparison, mismatch, relative_error
+from rf_jax.reference.folder import ReferenceFolder
 from rf_jax.text.umt5 import UMT5Config, _bucket, wan_embeddings
 
 
-def load_reference_encoder(path: str):
-  from rf_jax.convert.umt5 import convert_umt5_tensors, encoder_from_params
-  from rf_jax.reference_check import read_reference_folder
-  d, cfg_path, tensors = read_reference_folder(path)
-  config = UMT5Config.from_constructor_args(d["constructor_args"], source=cfg_path)
+def load_reference_encoder(ref: ReferenceFolder):
+  d = ref.config
+  tensors = ref.tensors()
+  config = UMT5Config.from_constructor_args(d["constructor_args"], source=ref.config_path)
   if "eps" in d or "max_dist" in d:
     import dataclasses
     config = dataclasses.replace(config, eps=float(d.get("eps", config.eps)),
@@ -25,9 +27,8 @@ def load_reference_encoder(path: str):
   return encoder_from_params(config, {p: jnp.asarray(v) for p, v in convert_umt5_tensors(tensors, config).items()})
 
 
-def check_t5(path: str, z: dict, tol: float) -> Iterator:
-  from rf_jax.reference_check import Comparison, mismatch, relative_error
-  model = load_reference_encoder(path)
+def check_t5(ref: ReferenceFolder, z: dict, tol: float) -> Iterator[Comparison]:
+  model = load_reference_encoder(ref)
   cfg = model.config
   if "rel_bucket" in z:
     got = _bucket(np.asarray(z["rel_pos"]), cfg.num_buckets, cfg.max_dist)

@@ -1,4 +1,4 @@
-"""The rollout half of `rf-jax check-reference`: replay a reference folder's `rollout.npz` with its memory policy.
+"""The rollout parity check of `rf-jax check-reference`: replay a reference folder's `rollout.npz` with its memory policy.
 
 The folder's noise, re-noise draws and text context are fed in; the run goes chunk by chunk so the memory can be
 inspected after each one. Compared (when the folder has them): the final latents and every call's x0; for a
@@ -21,7 +21,8 @@ import numpy as np
 from rf_jax.config import memory_args_from_constructor_args
 from rf_jax.memory import Policy, RelaxPolicy, SlowFastUpstreamPolicy, WindowPolicy, policy_from_dict
 from rf_jax.model.rope import apply_rope, rope_cos_sin
-from rf_jax.reference_check import Comparison, ReferenceFolder, max_abs_error, mismatch
+from rf_jax.reference.compare import Comparison, max_abs_error, mismatch
+from rf_jax.reference.folder import ReferenceFolder
 from rf_jax.sampling import Rollout, Sampler
 
 
