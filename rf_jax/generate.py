@@ -1,4 +1,10 @@
-"""`rf-jax generate`: whole videos from a model, a memory policy, prompts and a seed.
+"""`rf-jax generate`: whole videos from a model, a memory policy, prompts and a seed. Orchestration only: what to
+load comes from `rf_jax.pipeline`, the rollout from `rf_jax.sampling`, the writers from `rf_jax.io` and
+`rf_jax.video`, the statistics from `rf_jax.metrics`.
+
+`generate_request` runs a `GenerateRequest` (what the command line asks for, typed): it resolves the defaults (the
+built-in demo's memory and sampler, the latent size), encodes the prompts, loads the DiT and the VAE, then calls
+`generate`, which runs the rollouts and writes OUT.
 
 Outputs (written into a temporary folder beside OUT and renamed into place at the end, so a killed run leaves no
 half-written OUT):
@@ -16,25 +22,31 @@ N samples run `batch` at a time through one compiled rollout. With prompts, ever
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import io
 import os
-import shutil
 import sys
 import time
-from typing import Any
+from typing import Any, Mapping
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rf_jax.io import atomic_directory, write_json_atomic
-from rf_jax.memory import Policy, policy_to_dict
-from rf_jax.parallel import placement
+from rf_jax import pipeline
+from rf_jax.config import ComputeDtype
+from rf_jax.io import LatentWriter, shared_directory, write_json_atomic
+from rf_jax.memory import Policy, policy_from_dict, policy_to_dict
+from rf_jax.metrics import FrameStats, motion_plot
+from rf_jax.ops import AttnImpl
 from rf_jax.parallel.distributed import barrier, is_leader
-from rf_jax.runinfo import git_commit, peak_bytes
-from rf_jax.sampling import Rollout, Sampler, text_rows
+from rf_jax.parallel import placement
+from rf_jax.progress import progress_bar
+from rf_jax.runinfo import peak_bytes, run_info
+from rf_jax.sampling import Rollout, Sampler, random_text, seed_keys, text_rows
+from rf_jax.video import StreamDecoder
+
+DEFAULT_STEPS = (1000, 750, 500, 250)  # Self-Forcing's distilled 4-step list
+DEFAULT_SHIFT = 5.0
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -42,211 +54,115 @@ class GenerateSpec:
   frames: int
   seed: int = 0
   batch: int = 1
-  latent_hw: tuple[int, int] = (60, 104)
+  latent_hw: tuple[int, int] = pipeline.DEFAULT_LATENT_HW
   fps: int = 16
   video_scale: int = 1  # nearest-neighbour upscaling of the written frames
 
 
-class _VideoDecoder:
-  """Each sample's chunks -> its mp4, as they come: through the VAE's streaming decode (jitted: one compile for the
-  first chunk, one for the rest; each sample keeps its own fixed-shape decoder history, so pixel frames exist only
-  one chunk at a time), or as they are for a pixel-space model (vae None). Frames are scaled up `scale` times
-  (nearest neighbour) for viewing. Per-frame motion and colour consistency are kept for motion.json / motion.png.
-  """
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class GenerateRequest:
+  """What `rf-jax generate` asks for. None means "the default": the built-in demo's own settings (its demo.json)
+  for the demo, the reference's otherwise."""
+  source: pipeline.DiTSource
+  memory: str | None = None  # a policy name; None: the demo's memory, else relax
+  memory_settings: Mapping[str, Any] = dataclasses.field(default_factory=dict)  # by field name, over the policy's
+  frames: int | None = None  # latent frames (default 21; the demo's default_frames)
+  seed: int = 0
+  batch: int = 1
+  latent_hw: tuple[int, int] | None = None
+  chunk_frames: int = 3
+  steps: tuple[float, ...] | None = None
+  warp: bool = True
+  eta: float | None = None
+  shift: float | None = None
+  context_noise: float = 0.0
+  compute_dtype: ComputeDtype = ComputeDtype.FLOAT32
+  attention: AttnImpl = AttnImpl.AUTO
+  prompts: tuple[str, ...] = ()
+  text_embeddings: str | None = None  # a .npy of embeddings
+  text_encoder: str | None = None
+  tokenizer: str | None = None
+  text_cache: str | None = None  # None: the default cache folder
+  use_text_cache: bool = True
+  vae: str | None = None
+  video: bool = True
+  fps: int = 16
+  video_scale: int | None = None
 
-  def __init__(self, vae, chunk_shape: tuple[int, ...], folder: str, names: list[str], frames: int, fps: int,
-               scale: int = 1):
-    from rf_jax.video import Mp4Writer
-    self.vae = vae
-    if vae is not None:
-      from flax import nnx
-      graphdef, state = nnx.split(vae)
-      self._state = state
-      self._decode = jax.jit(
-          lambda st, z, hist, first: nnx.merge(graphdef, st).decode_stream(z, hist, first=first), static_argnums=3)
-      self._zero = vae.init_stream((1, *chunk_shape[1:]))
-      s, t = vae.config.spatial_stride, vae.config.temporal_stride
+
+def resolve_policy(req: GenerateRequest, demo_info: dict | None) -> Policy:
+  """The demo's memory (demo.json) for the demo without --memory, Relax Forcing's defaults otherwise; the settings
+  given override its own."""
+  if req.memory is None and demo_info is not None and "memory" in demo_info:
+    block = dict(demo_info["memory"])
+  else:
+    block = {"policy": req.memory or "relax"}
+  return policy_from_dict(block, source="--memory options", **req.memory_settings)
+
+
+def resolve_sampler(req: GenerateRequest, demo_info: dict | None) -> Sampler:
+  fitted = (demo_info or {}).get("sampler", {})
+  pick = lambda given, key, default: given if given is not None else fitted.get(key, default)  # noqa: E731
+  return Sampler.from_steps(pick(req.steps, "steps", DEFAULT_STEPS), warp=req.warp,
+                            shift=pick(req.shift, "shift", DEFAULT_SHIFT), context_noise=req.context_noise,
+                            chunk_frames=req.chunk_frames, eta=pick(req.eta, "eta", 1.0))
+
+
+def generate_request(req: GenerateRequest, out: str, *, force: bool = False, progress: bool = True, mesh=None
+                     ) -> dict[str, Any]:
+  """Resolves, loads and runs what `req` asks for into OUT; returns the summary. Settings and inputs are checked
+  before any model is loaded; the text encoder is dropped before the DiT is loaded."""
+  from rf_jax.text.encode import default_cache_dir, load_text_embeddings, pad_embeddings
+  if os.path.exists(out) and not force:
+    raise FileExistsError(f"{os.path.abspath(out)} already exists; pass --force to replace it")
+  prompts = list(req.prompts)
+  if prompts and req.text_embeddings:
+    raise ValueError("give text as --prompt/--prompts or as --text-embeddings, not both")
+  demo_info = None
+  if req.source.origin is pipeline.DiTOrigin.DEMO:
+    from rf_jax import demo
+    demo_info = demo.load_info()
+    if prompts or req.text_embeddings:
+      raise ValueError("the built-in demo model is unconditional (trained without text); --prompt and "
+                       "--text-embeddings need --checkpoint or --preset")
+  policy = resolve_policy(req, demo_info)
+  sources = pipeline.resolve_sources(req.source.path if req.source.origin is pipeline.DiTOrigin.CHECKPOINT else None,
+                                     req.source.preset, text_encoder=req.text_encoder, tokenizer=req.tokenizer,
+                                     vae=req.vae)
+  dit_config = req.source.config()
+  sampler = resolve_sampler(req, demo_info)
+  # Pixel-space models (the demo, and what `rf-jax train` makes: RGB in and out) are unconditional: zero text.
+  pixels = demo_info is not None or dit_config.out_dim == 3
+  text, text_info = None, {}
+  if prompts:  # encode first: the text encoder is dropped before the DiT is loaded
+    encoder = pipeline.prompt_encoder(sources, dit_config, seed=req.seed,
+                                      cache_dir=req.text_cache or default_cache_dir() if req.use_text_cache else None)
+    text = pad_embeddings(encoder(prompts), dit_config.text_len)
+    text_info = {"text_encoder": sources.umt5, "tokenizer": sources.tokenizer, "text_cache": encoder.cache_dir,
+                 "prompts_encoded": encoder.encoded, "prompts_cached": len(set(prompts)) - encoder.encoded}
+    del encoder
+  elif req.text_embeddings:
+    text = load_text_embeddings(req.text_embeddings, req.batch, dit_config.text_len, dit_config.text_dim)
+  elif pixels:
+    text = np.zeros((req.batch, dit_config.text_len, dit_config.text_dim), np.float32)
+  model = pipeline.load_dit(req.source, dtype=req.compute_dtype, attn_impl=req.attention, mesh=mesh)
+  source = req.source.describe()
+  vae = None
+  if req.video and not pixels:
+    if sources.vae is None:
+      print("rf-jax generate: no VAE (give --vae DIR or a pipeline --checkpoint): writing latents only",
+            file=sys.stderr)
     else:
-      s, t = 1, 1
-      self._zero = None
-    self.scale = scale
-    self.height, self.width = chunk_shape[2] * s * scale, chunk_shape[3] * s * scale
-    self.total = 1 + t * (frames - 1)  # pixel frames of `frames` latents
-    self._writer = lambda name: Mp4Writer(os.path.join(folder, name), height=self.height, width=self.width, fps=fps)
-    self.names = names
-    self._open: dict[int, list] = {}  # sample -> [writer, history, frames written, previous frame, first histogram]
-    self.stats: dict[int, dict[str, list[float]]] = {}
-
-  def add(self, sample: int, chunk_index: int, z: np.ndarray) -> None:
-    """z: this sample's latents of one chunk [F, h, w, C] (chunk_index 0 starts its video)."""
-    from rf_jax.video import to_uint8
-    if chunk_index == 0:
-      self._open[sample] = [self._writer(self.names[sample]), self._zero, 0, None, None]
-      self.stats[sample] = {"motion": [], "consistency": []}
-    entry = self._open[sample]
-    if self.vae is not None:
-      pixels, entry[1] = self._decode(self._state, jnp.asarray(z[None]), entry[1], chunk_index == 0)
-      pixels = np.asarray(pixels[0])
-    else:
-      pixels = np.asarray(z)
-    keep = min(pixels.shape[0], self.total - entry[2])  # the last chunk may run past --frames
-    if keep <= 0:
-      return
-    frames = to_uint8(pixels[:keep])
-    self._measure(sample, entry, frames)
-    if self.scale > 1:
-      frames = np.repeat(np.repeat(frames, self.scale, axis=1), self.scale, axis=2)
-    entry[0].write(frames)
-    entry[2] += keep
-
-  def _measure(self, sample: int, entry: list, frames: np.ndarray) -> None:
-    """motion: mean |frame - previous| / 255; consistency: colour-histogram intersection with the first frame."""
-    for frame in frames.astype(np.float32):
-      hist = np.histogramdd(frame.reshape(-1, 3), bins=(4, 4, 4), range=((0, 256),) * 3)[0].ravel()
-      hist /= hist.sum()
-      if entry[4] is None:
-        entry[4] = hist
-      else:
-        self.stats[sample]["motion"].append(float(np.abs(frame - entry[3]).mean() / 255))
-        self.stats[sample]["consistency"].append(float(np.minimum(hist, entry[4]).sum()))
-      entry[3] = frame
-
-  def finish(self) -> None:
-    for writer, *_ in self._open.values():
-      writer.close()
-    self._open.clear()
-
-  def abort(self) -> None:
-    for writer, *_ in self._open.values():
-      writer.__exit__(RuntimeError, None, None)
-    self._open.clear()
-
-
-def motion_plot(stats: dict[int, dict[str, list[float]]], fps: int, path: str) -> None:
-  """Per-frame motion and colour consistency of each sample over time."""
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-  fig, axes = plt.subplots(2, 1, figsize=(7, 4.5), dpi=100, sharex=True)
-  for k, st in sorted(stats.items()):
-    t = np.arange(1, len(st["motion"]) + 1) / fps
-    axes[0].plot(t, st["motion"], lw=0.8, label=f"sample {k}")
-    axes[1].plot(t, st["consistency"], lw=0.8)
-  axes[0].set_ylabel("motion\n(mean |Δframe|)")
-  axes[1].set_ylabel("colour consistency\nwith frame 0")
-  axes[1].set_xlabel("seconds")
-  axes[1].set_ylim(0, 1.02)
-  for ax in axes:
-    ax.grid(alpha=0.3)
-  if len(stats) > 1:
-    axes[0].legend(fontsize=7)
-  fig.tight_layout()
-  fig.savefig(path)
-  plt.close(fig)
-
-
-def load_text_embeddings(path: str, batch: int, text_len: int, text_dim: int) -> np.ndarray:
-  """A .npy of [P, text_dim] or [B, P, text_dim] (P <= text_len) -> float32 [B, P, text_dim]."""
-  try:
-    arr = np.load(path, allow_pickle=False)
-  except FileNotFoundError:
-    raise ValueError(f"--text-embeddings {path}: no such file") from None
-  except ValueError as e:
-    raise ValueError(f"--text-embeddings {path}: not a plain .npy array ({e})") from None
-  stored = arr.shape
-  if arr.ndim == 2:
-    arr = np.broadcast_to(arr, (batch, *arr.shape))
-  if arr.ndim != 3 or arr.shape[0] != batch or arr.shape[1] > text_len or arr.shape[2] != text_dim:
-    raise ValueError(f"--text-embeddings {path}: shape {stored}; expected [P, {text_dim}] or "
-                     f"[{batch}, P, {text_dim}] with P <= {text_len}")
-  if not np.issubdtype(arr.dtype, np.floating) or not np.all(np.isfinite(arr)):
-    raise ValueError(f"--text-embeddings {path}: expected finite floating-point values, got {arr.dtype}")
-  return np.ascontiguousarray(arr, np.float32)
-
-
-class _LatentWriter:
-  """Writes [B, frames, C, H, W] float32 into a .npy chunk by chunk with positioned writes (nothing kept in RAM).
-
-  With several processes, process 0 creates the file (`create`) and every process writes only the samples it owns.
-  """
-
-  def __init__(self, path: str, shape: tuple[int, ...]):
-    self.shape = shape
-    self.offset = len(self._header(shape))
-    self.fd = os.open(path, os.O_WRONLY)
-    self.frame_bytes = int(np.prod(shape[2:])) * 4
-
-  @staticmethod
-  def _header(shape) -> bytes:
-    buf = io.BytesIO()
-    np.lib.format.write_array_header_1_0(buf, {"descr": np.lib.format.dtype_to_descr(np.dtype(np.float32)),
-                                               "fortran_order": False, "shape": shape})
-    return buf.getvalue()
-
-  @classmethod
-  def create(cls, path: str, shape: tuple[int, ...]) -> None:
-    header = cls._header(shape)
-    with open(path, "wb") as f:
-      f.write(header)
-      f.truncate(len(header) + int(np.prod(shape)) * 4)
-
-  def write(self, first_frame: int, chunk: np.ndarray, first_sample: int = 0) -> None:
-    """chunk: [b, F, C, H, W], samples first_sample .. first_sample + b - 1."""
-    b, f = chunk.shape[:2]
-    for i in range(b):
-      at = self.offset + ((first_sample + i) * self.shape[1] + first_frame) * self.frame_bytes
-      os.pwrite(self.fd, np.ascontiguousarray(chunk[i], np.float32).tobytes(), at)
-
-  def close(self) -> None:
-    os.fsync(self.fd)
-    os.close(self.fd)
-
-
-class _Progress:
-  def __init__(self, total: int, enabled: bool):
-    self.total, self.enabled, self.t0 = total, enabled, time.perf_counter()
-
-  def update(self, done: int) -> None:
-    if not self.enabled:
-      return
-    now = time.perf_counter()
-    if done == 1:
-      self.first = now
-    elapsed = now - self.t0
-    width = 30
-    filled = int(width * done / self.total)
-    rate = (f"{(now - self.first) / (done - 1) * 1e3:.1f} ms/chunk after compile" if done > 1
-            else "(compiled)")
-    sys.stderr.write(f"\r  chunk {done}/{self.total} [{'#' * filled}{'.' * (width - filled)}] "
-                     f"{elapsed:.1f}s {rate}   ")
-    if done == self.total:
-      sys.stderr.write("\n")
-    sys.stderr.flush()
-
-
-@contextlib.contextmanager
-def shared_directory(dest: str, *, force: bool = False):
-  """`atomic_directory` for several processes writing one OUT (on a file system they share): process 0 makes
-  OUT.partial, everyone writes into it, and process 0 renames it into place once all are done."""
-  if jax.process_count() == 1:
-    with atomic_directory(dest, force=force) as tmp:
-      yield tmp
-    return
-  dest = os.path.abspath(dest)
-  tmp = dest + ".partial"
-  if os.path.exists(dest) and not force:  # every process sees it and stops
-    raise FileExistsError(f"{dest} already exists; pass --force to replace it")
-  if is_leader():
-    shutil.rmtree(tmp, ignore_errors=True)
-    os.makedirs(tmp)
-  barrier("rf_jax.generate.open")
-  yield tmp
-  barrier("rf_jax.generate.written")
-  if is_leader():
-    if os.path.exists(dest):
-      shutil.rmtree(dest)
-    os.rename(tmp, dest)
-  barrier("rf_jax.generate.renamed")
+      vae = pipeline.load_vae(sources.vae, dit_config, seed=req.seed)
+      source["vae"] = sources.vae
+  frames = req.frames if req.frames is not None else (demo_info["default_frames"] if demo_info
+                                                      else pipeline.DEFAULT_FRAMES)
+  spec = GenerateSpec(frames=frames, seed=req.seed, batch=req.batch if not prompts else min(req.batch, len(prompts)),
+                      latent_hw=tuple(req.latent_hw or req.source.default_latent_hw()), fps=req.fps,
+                      video_scale=req.video_scale or (8 if pixels else 1))
+  return generate(model, policy, sampler, spec, out, text_embeddings=text, prompts=prompts or None, vae=vae,
+                  pixels=pixels and req.video, force=force, progress=progress, mesh=mesh,
+                  extra_summary={"source": source, **text_info})
 
 
 def video_names(n: int) -> list[str]:
@@ -270,12 +186,10 @@ def generate(model, policy: Policy, sampler: Sampler, spec: GenerateSpec, out: s
   f = sampler.chunk_frames
   if spec.frames < 1:
     raise ValueError(f"--frames {spec.frames} must be positive")
-  # The last chunk is generated whole; frames past --frames are dropped.
-  generated = -(-spec.frames // f) * f
-  key = jax.random.key(spec.seed)
-  noise_key, text_key = jax.random.split(key)
+  generated = sampler.whole_chunks(spec.frames)  # the last chunk is generated whole; frames past --frames dropped
+  noise_key = seed_keys(spec.seed).noise
   if text_embeddings is None:  # a seeded random prompt: a preset runs out of the box
-    context = np.asarray(jax.random.normal(text_key, (spec.batch, cfg.text_len, cfg.text_dim), jnp.float32))
+    context = random_text(spec.seed, spec.batch, cfg.text_len, cfg.text_dim)
     text_source = f"random (seed {spec.seed})"
   else:
     context = np.asarray(text_embeddings)
@@ -296,15 +210,16 @@ def generate(model, policy: Policy, sampler: Sampler, spec: GenerateSpec, out: s
   chunks: list[dict[str, Any]] = []
   times: list[float] = []
   groups = [(g, min(spec.batch, n - g)) for g in range(0, n, spec.batch)]
-  bar = _Progress(rollout.num_chunks * len(groups), progress and is_leader())
+  bar = progress_bar(rollout.num_chunks * len(groups), desc="generate", unit="chunk", enabled=progress and is_leader())
+  stats: dict[int, FrameStats] = {}
 
   with shared_directory(out, force=force) as tmp:
     latents_path = os.path.join(tmp, "latents.npy")
     if is_leader():
-      _LatentWriter.create(latents_path, shape)
+      LatentWriter.create(latents_path, shape)
     barrier("rf_jax.generate.latents")
-    writer = _LatentWriter(latents_path, shape)
-    decoder = (_VideoDecoder(vae, rollout.chunk_shape, tmp, names, spec.frames, spec.fps, spec.video_scale)
+    writer = LatentWriter(latents_path, shape)
+    decoder = (StreamDecoder(vae, rollout.chunk_shape, tmp, names, spec.frames, spec.fps, spec.video_scale)
                if video else None)
     t0 = time.perf_counter()
     try:
@@ -320,12 +235,16 @@ def generate(model, policy: Policy, sampler: Sampler, spec: GenerateSpec, out: s
             writer.write(j * f, np.moveaxis(block[:real, :keep], -1, 2), start + first)  # -> [b, F, C, H, W]
             if decoder is not None:
               for i in range(real):
-                decoder.add(start + first + i, j, block[i])
+                sample = start + first + i
+                frames = decoder.add(sample, j, block[i])
+                stats.setdefault(sample, FrameStats()).update(frames)
           if gi == 0:
             chunks.append({"chunk": j, "frames": [j * f, j * f + f - 1],
                            **policy.describe(j, chunk_out.trace, chunk_out.calls)})
           times.append(time.perf_counter())
-          bar.update(gi * rollout.num_chunks + j + 1)
+          if j > 0:
+            bar.set_postfix_str(f"{(times[-1] - times[-2]) * 1e3:.0f} ms/chunk", refresh=False)
+          bar.update(1)
 
         rollout.run(context[rows], key=keys, on_chunk=on_chunk)
         if decoder is not None:
@@ -334,6 +253,7 @@ def generate(model, policy: Policy, sampler: Sampler, spec: GenerateSpec, out: s
       if decoder is not None:
         decoder.abort()
       raise
+    bar.close()
     seconds = time.perf_counter() - t0
     writer.close()
     peak, peak_source = peak_bytes()
@@ -342,10 +262,10 @@ def generate(model, policy: Policy, sampler: Sampler, spec: GenerateSpec, out: s
     if decoder is not None:
       video_info = {"files": names, "frames": decoder.total, "height": decoder.height, "width": decoder.width,
                     "fps": spec.fps, "codec": "h264", "seconds": round(decoder.total / spec.fps, 2),
-                    "motion": {str(k): round(float(np.mean(v["motion"])), 5) if v["motion"] else None
-                               for k, v in decoder.stats.items()},
-                    "consistency_end": {str(k): round(float(np.mean(v["consistency"][-spec.fps:])), 4)
-                                        if v["consistency"] else None for k, v in decoder.stats.items()}}
+                    "motion": {str(k): round(float(np.mean(v.motion)), 5) if v.motion else None
+                               for k, v in stats.items()},
+                    "consistency_end": {str(k): round(float(np.mean(v.consistency[-spec.fps:])), 4)
+                                        if v.consistency else None for k, v in stats.items()}}
     summary = {
         "frames": spec.frames, "generated_frames": generated, "chunks": rollout.num_chunks, "chunk_frames": f,
         "batch": spec.batch, "samples": n,
@@ -363,16 +283,14 @@ def generate(model, policy: Policy, sampler: Sampler, spec: GenerateSpec, out: s
         "latents": {"file": "latents.npy", "shape": list(shape), "layout": "B F C H W", "dtype": "float32"},
         "model": cfg.to_dict(), "compute_dtype": str(jnp.dtype(model.dtype)),
         "attention": model.attention_backend().value,
-        "mesh": None if mesh is None else placement.mesh_flag(placement.mesh_config(mesh)),
-        "processes": jax.process_count(), "devices": jax.device_count(),
-        "device": str(jax.devices()[0]), "jax": jax.__version__, "commit": git_commit(),
+        **run_info(mesh),
         **(extra_summary or {}),
     }
     if is_leader():
       write_json_atomic(os.path.join(tmp, "memory_trace.json"), {"policy": policy_to_dict(policy), "chunks": chunks})
       write_json_atomic(os.path.join(tmp, "summary.json"), summary)
-    if decoder is not None and decoder.stats and jax.process_count() == 1:
+    if stats and jax.process_count() == 1:
       write_json_atomic(os.path.join(tmp, "motion.json"), {"fps": spec.fps, "samples": {
-          str(k): v for k, v in sorted(decoder.stats.items())}})
-      motion_plot(decoder.stats, spec.fps, os.path.join(tmp, "motion.png"))
+          str(k): v.to_dict() for k, v in sorted(stats.items())}})
+      motion_plot(stats, spec.fps, os.path.join(tmp, "motion.png"))
   return summary

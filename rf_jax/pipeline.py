@@ -219,7 +219,7 @@ class DiTOrigin(enum.Enum):
 class DiTSource:
   """Where the DiT comes from. Build one with `checkpoint`, `random`, `preset`, `demo` or `of` (the CLI's pair)."""
   origin: DiTOrigin
-  path: str | None = None  # CHECKPOINT: the DiT checkpoint folder
+  path: str | None = None  # CHECKPOINT: a DiT checkpoint folder or a pipeline folder
   model_config: ModelConfig | None = None  # RANDOM
   preset: str | None = None  # RANDOM from a preset: its name
   seed: int = 0  # RANDOM
@@ -227,7 +227,14 @@ class DiTSource:
   @classmethod
   def checkpoint(cls, path: str) -> "DiTSource":
     """A DiT checkpoint, or a pipeline folder (its dit/)."""
-    return cls(DiTOrigin.CHECKPOINT, path=PipelineFolder.open(path).part("dit") if is_pipeline(path) else path)
+    return cls(DiTOrigin.CHECKPOINT, path=path)
+
+  @property
+  def dit_path(self) -> str | None:
+    """CHECKPOINT: the DiT checkpoint folder itself (a pipeline folder's dit/)."""
+    if self.origin is not DiTOrigin.CHECKPOINT:
+      return None
+    return PipelineFolder.open(self.path).part("dit") if is_pipeline(self.path) else self.path
 
   @classmethod
   def random(cls, config: ModelConfig, seed: int = 0, *, preset: str | None = None) -> "DiTSource":
@@ -258,7 +265,7 @@ class DiTSource:
     """The DiT's config, read without building the model."""
     if self.origin is DiTOrigin.CHECKPOINT:
       from rf_jax.checkpoint import load_config
-      return load_config(self.path, "dit")
+      return load_config(self.dit_path, "dit")
     if self.origin is DiTOrigin.RANDOM:
       return self.model_config
     from rf_jax import demo
@@ -290,16 +297,51 @@ def load_dit(source: DiTSource, *, dtype: ComputeDtype | str = ComputeDtype.FLOA
   only (`nnx.eval_shape`; RANDOM sources).
   """
   from flax import nnx
-  from rf_jax.model import CausalWanDiT
+  from rf_jax.registry import KINDS
   dtype, attn_impl = ComputeDtype.parse(dtype).jnp, AttnImpl.parse(attn_impl)
   if source.origin is DiTOrigin.CHECKPOINT:
     from rf_jax import checkpoint
     from rf_jax.parallel.placement import param_shardings
-    return checkpoint.load_model(source.path, dtype=dtype, attn_impl=attn_impl,
+    return checkpoint.load_model(source.dit_path, dtype=dtype, attn_impl=attn_impl,
                                  shardings=None if mesh is None else param_shardings(mesh))
   if source.origin is DiTOrigin.RANDOM:
-    make = lambda: CausalWanDiT(source.model_config, dtype=dtype, attn_impl=attn_impl,  # noqa: E731
-                                rngs=nnx.Rngs(source.seed))
+    make = lambda: KINDS["dit"].build(source.model_config, dtype=dtype, attn_impl=attn_impl,  # noqa: E731
+                                      rngs=nnx.Rngs(source.seed))
     return nnx.eval_shape(make) if abstract else make()
   from rf_jax import demo
   return demo.load_demo(dtype=dtype, attn_impl=attn_impl)[0]
+
+
+def inspect_parameters(ckpt: str | None = None, *, preset: str | None = None) -> str:
+  """`rf-jax inspect`: a checkpoint's (or, through jax.eval_shape, a preset's) kind, config, parameter count by
+  dtype and meta, as text."""
+  import numpy as np
+  from rf_jax import checkpoint, registry
+  from rf_jax.text.umt5 import PRESETS as TEXT_PRESETS
+  from rf_jax.vae.wan_vae import PRESETS as VAE_PRESETS
+  if (ckpt is None) == (preset is None):
+    raise ValueError("give a checkpoint folder or --preset NAME (not both)")
+  if preset is not None:
+    config = {**TEXT_PRESETS, **VAE_PRESETS}.get(preset) or resolve_config(preset)
+    shapes = registry.param_shapes(config)  # jax.eval_shape: nothing is allocated
+    dtypes = {p: np.dtype(np.float32) for p in shapes}
+    meta = {"source": f"preset {preset} (shapes only, float32)"}
+  else:
+    if is_pipeline(ckpt):
+      raise ValueError(f"{ckpt} is a pipeline folder; inspect its parts: dit/, umt5/ or vae/")
+    config = checkpoint.load_config(ckpt, kind=None)
+    shapes = registry.param_shapes(config)
+    dtypes = checkpoint.stored_dtypes(ckpt)
+    meta = checkpoint.load_meta(ckpt)
+  by_dtype: dict[str, list[int]] = {}
+  for p, s in shapes.items():
+    entry = by_dtype.setdefault(str(dtypes[p]), [0, 0])
+    entry[0] += 1
+    entry[1] += int(np.prod(s, dtype=np.int64))
+  total = sum(v[1] for v in by_dtype.values())
+  nbytes = sum(int(np.prod(shapes[p], dtype=np.int64)) * dtypes[p].itemsize for p in shapes)
+  lines = [f"{registry.kind_of(config).title}:", json.dumps(config.to_dict(), indent=2),
+           f"parameters: {total:,} in {len(shapes)} arrays ({nbytes / 2**30:.3f} GiB)"]
+  lines += [f"  {dt}: {count:,} parameters in {n} arrays" for dt, (n, count) in sorted(by_dtype.items())]
+  lines += [f"{k}: {v}" for k, v in meta.items()]
+  return "\n".join(lines)

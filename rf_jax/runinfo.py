@@ -1,4 +1,5 @@
-"""Provenance and memory of a run, for summaries and benchmark lines: the git commit and the peak memory."""
+"""Provenance and memory of a run, for summaries and benchmark lines: the git commit, where it ran and the peak
+memory."""
 
 from __future__ import annotations
 
@@ -32,3 +33,11 @@ def peak_bytes() -> tuple[int, str]:
   if "peak_bytes_in_use" in stats:
     return int(stats["peak_bytes_in_use"]), f"device:{jax.devices()[0].platform}"
   return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024, "host_rss"
+
+
+def run_info(mesh=None) -> dict:
+  """Where a run ran, for summaries and benchmark lines: mesh, processes, devices, device, jax, commit."""
+  from rf_jax.parallel import placement
+  return {"mesh": None if mesh is None else placement.mesh_flag(placement.mesh_config(mesh)),
+          "processes": jax.process_count(), "devices": jax.device_count(), "device": str(jax.devices()[0]),
+          "jax": jax.__version__, "commit": git_commit()}

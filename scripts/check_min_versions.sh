@@ -51,7 +51,7 @@ names = ["jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "tensorstore", "n
 print("check_min_versions: installed", ", ".join(f"{n} {md.version(n)}" for n in names))
 EOF
 if [ "$#" -eq 0 ]; then
-  set -- tests/model tests/memory tests/sampling tests/ops tests/kernels
+  set -- tests/model tests/memory tests/sampling tests/ops
 fi
 # Its own compilation cache: executables from the pinned jaxlib are not those of another.
 JAX_COMPILATION_CACHE_DIR="$VENV/jax_cache" "$VENV/bin/python" -m pytest -q -n 2 -p no:cacheprovider "$@"

@@ -134,7 +134,7 @@ def main():
 
     # The GPU-marked tests (compiled kernels) and the XLA backend against the dense oracle, float32 matmuls at full
     # precision (no TF32). On a CPU the GPU tests are skipped.
-    tests = ["tests/kernels/test_gpu_attention.py::test_compiled_kernel_on_gpu"]
+    tests = ["tests/ops/kernels/test_gpu_attention.py::test_compiled_kernel_on_gpu"]
     if not a.dry_run:
       tests.append("tests/ops/test_reference.py")
     record, text = run.stage("tests", [py, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rs", *tests], 150,

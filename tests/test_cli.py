@@ -48,3 +48,16 @@ def test_forward_main_job_writes_outputs(tmp_path, capsys):
   assert flow.shape == (1, 3, 4, 4, 16) and np.isfinite(flow).all()
   assert summary["frames"] == 3
   assert cli.main(["forward", "--preset", "tiny", "--frames", "3", "--latent-hw", "4", "4", "--out", str(out)]) == 2
+
+
+def test_every_policy_setting_has_a_generate_flag():
+  import argparse
+  import dataclasses
+  from rf_jax.memory import MODES, POLICIES, SETTINGS, public_name
+  classes = {*POLICIES.values(), *(c for modes in MODES.values() for c in modes.values())}
+  fields = {f.name for c in classes for f in dataclasses.fields(c)} | {"mode"}
+  assert fields == set(SETTINGS)
+  commands = next(a for a in cli.build_parser()._actions if isinstance(a, argparse._SubParsersAction)).choices
+  flags = {a.dest: a.option_strings for a in commands["generate"]._actions}
+  for field in fields:
+    assert flags[field] == ["--" + public_name(field).replace("_", "-")], field

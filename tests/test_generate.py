@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from rf_jax import cli
-from rf_jax import generate as gen
+from rf_jax import io as rf_io
 
 
 def run(*argv):
@@ -49,7 +49,7 @@ def test_a_failed_run_leaves_nothing_under_the_final_name(tmp_path, monkeypatch)
     calls.append(first_frame)
     if len(calls) == 2:
       raise KeyboardInterrupt  # as if the run were killed after the first chunk
-  monkeypatch.setattr(gen._LatentWriter, "write", explode)
+  monkeypatch.setattr(rf_io.LatentWriter, "write", explode)
   with pytest.raises(KeyboardInterrupt):
     run("--memory", "window", "--window-frames", "6", "--frames", "9", "--out", str(tmp_path / "v"))
   assert list(tmp_path.iterdir()) == []

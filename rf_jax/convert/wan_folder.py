@@ -84,7 +84,7 @@ def detect_kind(tensors: list[SourceTensor]) -> str:
 def config_for(kind: str, tensors: list[SourceTensor], config_spec: str | None, src: str):
   """The config to convert into: the DiT's from --config or the folder's config.json, the others' from shapes."""
   if kind == "dit":
-    from rf_jax.cli import resolve_config
+    from rf_jax.pipeline import resolve_config
     return resolve_config(config_spec, src)
   if config_spec is not None:
     raise ValueError(f"--config applies to DiT weights; the {kind} config is read off the tensors' shapes")
@@ -102,8 +102,8 @@ def convert_wan_folder(src: str, out: str, *, dit: str | None = None, weights: s
   """
   from rf_jax import pipeline
   from rf_jax.io import atomic_directory
-  from rf_jax.cli import resolve_config
-  from rf_jax.convert import convert_checkpoint
+  from rf_jax.convert.core import convert_checkpoint
+  from rf_jax.pipeline import resolve_config
   from rf_jax.text.tokenizer import UMT5Tokenizer
 
   src = os.path.abspath(src)
@@ -142,3 +142,23 @@ def convert_wan_folder(src: str, out: str, *, dit: str | None = None, weights: s
     summary["tokenizer"] = {"source": tok_dir}
     pipeline.write_manifest(tmp, {"wan_folder": src, **{k: v for k, v in summary.items()}})
   return {"out": out, "seconds": round(time.perf_counter() - t0, 2), "parts": summary}
+
+
+def convert_source(src: str, out: str, *, dit: str | None = None, weights: str | None = None,
+                   config: str | None = None, dtype: str | None = None, force: bool = False,
+                   progress: bool = True) -> dict[str, Any]:
+  """`rf-jax convert SRC OUT`: a whole Wan folder -> a pipeline folder, or one model's weights (its kind read off
+  the tensors) -> one checkpoint. Returns what was written."""
+  from rf_jax.convert.core import convert_checkpoint
+  t0 = time.perf_counter()
+  if is_wan_folder(src):
+    return convert_wan_folder(src, out, dit=dit, weights=weights, config=config, dtype=dtype, force=force,
+                              progress=progress)
+  if dit:
+    raise ValueError("--dit applies to a whole Wan folder (one holding models_t5_umt5-xxl-enc-bf16.pth and "
+                     "Wan2.1_VAE.pth)")
+  tensors, _ = open_source(src, weights=weights)
+  kind = detect_kind(tensors)
+  meta = convert_checkpoint(src, out, config=config_for(kind, tensors, config, src), weights=weights, dtype=dtype,
+                            force=force, progress=progress)
+  return {"out": os.path.abspath(out), "kind": kind, "seconds": round(time.perf_counter() - t0, 2), **meta}

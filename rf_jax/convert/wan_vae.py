@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from rf_jax.convert.readers import SourceTensor
+from rf_jax import registry
 from rf_jax.convert.wan_dit import Rule, _conv3d, compile_rules
 from rf_jax.vae.wan_vae import VAEConfig
 
@@ -59,18 +60,4 @@ _COMPILED = compile_rules(RULES)
 
 
 def param_shapes(config: VAEConfig) -> dict[Path, tuple[int, ...]]:
-  from rf_jax.registry import param_shapes as shapes
-  return shapes(config)
-
-
-def convert_vae_tensors(tensors: list[SourceTensor], config: VAEConfig) -> dict[Path, np.ndarray]:
-  """Every VAE parameter (float32) from `tensors`, strictly."""
-  from rf_jax.convert import convert_tensors
-  return convert_tensors(tensors, config, dtype="float32")
-
-
-def vae_from_params(config: VAEConfig, params, *, dtype=None):
-  """The model whose parameters are `params` ({flax path: array}), computing in `dtype` (default float32)."""
-  import jax.numpy as jnp
-  from rf_jax.registry import model_from_params, nest
-  return model_from_params(config, nest(params), dtype=dtype or jnp.float32)
+  return registry.param_shapes(config)

@@ -26,28 +26,49 @@ MODES: dict[str, dict[str, type[Policy]]] = {  # policies with several modes: mo
     "slow_fast": {"clean": SlowFastPolicy, "upstream": SlowFastUpstreamPolicy}}
 _ALIASES = {"lambda": "lam"}  # memory-block key -> field
 
+# Every setting a policy has, by field: (type, one line for the command line's help). `--FIELD-NAME` flags are made
+# from this table (--lambda for lam).
+SETTINGS: dict[str, tuple[type, str]] = {
+    "window_frames": (int, "window: frames attended incl. the chunk; -1 = all"),
+    "sink_frames": (int, "window / relax / slow_fast: frames kept from the start"),
+    "positions": (str, "window: absolute|relocated_sink|window_relative; relax: hybrid|absolute"),
+    "history_frames": (int, "relax: history frames picked per chunk (default 1)"),
+    "tail_frames": (int, "relax: frames right before the chunk (default 1)"),
+    "num_candidates": (int, "relax: history candidates per chunk (default 4)"),
+    "lam": (float, "relax: redundancy weight lambda (default 2.0)"),
+    "reservoir_frames": (int, "relax: candidate reservoir incl. the chunk (default 120)"),
+    "selection": (str, "relax: per_sample (default) | batch0 (upstream: sample 0 picks for all)"),
+    "slow_frames": (int, "slow_fast: promoted-frame capacity (default 12)"),
+    "fast_frames": (int, "slow_fast: recent window incl. the chunk (default 6)"),
+    "rope_length": (int, "slow_fast: positions stay below this (default 21)"),
+    "threshold": (float, "slow_fast: promote when similarity < threshold (default 0.95)"),
+    "mode": (str, "slow_fast: clean (default) | upstream (the official code's per-layer decisions)"),
+}
 
-def policy_from_dict(d: dict[str, Any], *, source: str = "memory") -> Policy:
-  """A policy from a `memory` block: {"policy": NAME, ["mode": MODE,] ...settings}. Unknown keys are an error
-  naming the key."""
+
+def policy_from_dict(d: dict[str, Any], *, source: str = "memory", **overrides: Any) -> Policy:
+  """A policy from a `memory` block: {"policy": NAME, ["mode": MODE,] ...settings}, with `overrides` (settings by
+  field name, e.g. the command line's flags) applied over the block's. Unknown keys are an error naming the key."""
   if not isinstance(d, dict) or "policy" not in d:
     raise ValueError(f"{source}: expected an object with a 'policy' key ({', '.join(POLICIES)})")
+  d = {**{_ALIASES.get(k, k): v for k, v in d.items()}, **overrides}
   name = d["policy"]
   if name not in POLICIES:
     raise ValueError(f"{source}: unknown policy {name!r}; expected one of {', '.join(POLICIES)}")
   cls = POLICIES[name]
   if "mode" in d:
-    modes = MODES.get(name, {})
+    modes = MODES.get(name)
+    if modes is None:
+      raise ValueError(f"{source}: policy {name!r} has no setting 'mode'")
     if d["mode"] not in modes:
-      raise ValueError(f"{name}: mode={d['mode']!r}; expected " + (" or ".join(repr(m) for m in modes) if modes
-                                                                     else "no mode (the policy has one)"))
+      raise ValueError(f"{name}: mode={d['mode']!r}; expected {' or '.join(repr(m) for m in modes)}")
     cls = modes[d["mode"]]
   fields = {f.name: f for f in dataclasses.fields(cls)}
   kwargs = {}
-  for key, value in d.items():
-    if key in ("policy", "mode"):
+  for field, value in d.items():
+    if field in ("policy", "mode"):
       continue
-    field = _ALIASES.get(key, key)
+    key = _public(field)
     if field not in fields:
       raise ValueError(f"{source}: policy {name!r} has no setting {key!r}; settings: "
                        f"{', '.join(sorted(_public(f) for f in fields))}")
@@ -70,10 +91,15 @@ def policy_to_dict(policy: Policy) -> dict[str, Any]:
   return out
 
 
+def public_name(field: str) -> str:
+  """The name a memory block (and a command-line flag) gives a field: `lambda` for `lam`, else the field's."""
+  return _public(field)
+
+
 def _public(field: str) -> str:
   return {v: k for k, v in _ALIASES.items()}.get(field, field)
 
 
 __all__ = ["CallView", "Chunk", "Geometry", "MODES", "POLICIES", "Policy", "RelaxPolicy", "Reservoir",
            "SlowFastPolicy", "SlowFastUpstreamPolicy", "WindowPolicy", "candidate_table", "check_video_length",
-           "moved_by", "policy_from_dict", "policy_to_dict"]
+           "moved_by", "policy_from_dict", "policy_to_dict", "public_name", "SETTINGS"]

@@ -150,3 +150,17 @@ def param_shardings(mesh: Mesh) -> Callable[[tuple, tuple[int, ...]], NamedShard
   """Checkpoint restore straight onto the mesh: (Flax path, shape) -> NamedSharding by the partition rules."""
   cfg = mesh_config(mesh)
   return lambda path, shape: NamedSharding(mesh, param_spec(".".join(map(str, path)), shape, cfg))
+
+
+def batch_parts(mesh: Mesh | None) -> int:
+  """How many ways samples split over the mesh (its BATCH axes); 1 without a mesh."""
+  return 1 if mesh is None else int(np.prod([mesh.shape[a] for a in BATCH]))
+
+
+def setup_mesh(mesh: str | None = None, *, coordinator: str | None = None, num_processes: int | None = None,
+               process_id: int | None = None, distributed: bool = False) -> Mesh | None:
+  """jax.distributed (when asked for) and the mesh of a --mesh spec ("data=2,tensor=4"), or None for one device.
+  Call before anything touches a device."""
+  from rf_jax.parallel.distributed import initialize
+  initialize(coordinator, num_processes, process_id, auto=distributed)
+  return None if not mesh else make_mesh(MeshConfig.parse(mesh))

@@ -9,8 +9,8 @@
   vae.py      the Wan VAE
 """
 
-from rf_jax.reference.check import check_reference
+from rf_jax.reference.check import check_reference, summarize
 from rf_jax.reference.compare import DEFAULT_ABS_TOLERANCE, DEFAULT_TOLERANCE, Comparison
 from rf_jax.reference.folder import ReferenceFolder
 
-__all__ = ["Comparison", "DEFAULT_ABS_TOLERANCE", "DEFAULT_TOLERANCE", "ReferenceFolder", "check_reference"]
+__all__ = ["Comparison", "DEFAULT_ABS_TOLERANCE", "DEFAULT_TOLERANCE", "ReferenceFolder", "check_reference", "summarize"]

@@ -73,3 +73,14 @@ def check_reference(path: str | os.PathLike, *, tolerance: float = DEFAULT_TOLER
   if not results:
     raise ValueError(f"{ref.path}: nothing to compare (no rope.npz, forward_train.npz or rollout.npz)")
   return results, notes
+
+
+def summarize(results: list[Comparison]) -> dict:
+  """The verdict of a check as one JSON object: how many compared, passed, which failed, the worst of each metric."""
+  summary = {"compared": len(results), "passed": all(r.passed for r in results),
+             "failed": [r.name for r in results if not r.passed]}
+  for metric in ("rel_err", "max_abs", "mismatch"):
+    values = [r.value for r in results if r.metric == metric]
+    if values:
+      summary[f"worst_{metric}"] = max(values)
+  return summary

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from rf_jax.convert.umt5 import convert_umt5_tensors, encoder_from_params
+from rf_jax.convert import convert_umt5_tensors, encoder_from_params
 from rf_jax.reference.compare import Comparison, mismatch, relative_error
 from rf_jax.reference.folder import ReferenceFolder
 from rf_jax.text.umt5 import UMT5Config, _bucket, wan_embeddings

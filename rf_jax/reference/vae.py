@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from rf_jax.convert.wan_vae import convert_vae_tensors, vae_from_params
+from rf_jax.convert import convert_vae_tensors, vae_from_params
 from rf_jax.reference.compare import Comparison, relative_error
 from rf_jax.reference.folder import ReferenceFolder
 from rf_jax.vae.wan_vae import VAEConfig

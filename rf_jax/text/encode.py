@@ -138,3 +138,43 @@ def pad_embeddings(rows: Sequence[np.ndarray], text_len: int) -> np.ndarray:
       raise ValueError(f"prompt {i}: embedding {r.shape} does not fit [{text_len}, {dim}]")
     out[i, :r.shape[0]] = r
   return out
+
+
+def read_prompts(prompts: Sequence[str] = (), prompts_file: str | None = None) -> list[str]:
+  """`prompts` (--prompt, repeatable) then the lines of `prompts_file` (--prompts; blank lines and lines starting
+  with # skipped)."""
+  found = list(prompts)
+  if prompts_file:
+    try:
+      with open(prompts_file, encoding="utf-8") as f:
+        lines = f.read().splitlines()
+    except FileNotFoundError:
+      raise ValueError(f"--prompts {prompts_file}: no such file") from None
+    except UnicodeDecodeError as e:
+      raise ValueError(f"--prompts {prompts_file}: not UTF-8 text ({e})") from None
+    read = [ln.strip() for ln in lines if ln.strip() and not ln.lstrip().startswith("#")]
+    if not read:
+      raise ValueError(f"--prompts {prompts_file}: holds no prompt")
+    found += read
+  if any(not p.strip() for p in found):
+    raise ValueError("--prompt is empty")
+  return found
+
+
+def load_text_embeddings(path: str, batch: int, text_len: int, text_dim: int) -> np.ndarray:
+  """A .npy of [P, text_dim] or [B, P, text_dim] (P <= text_len) -> float32 [B, P, text_dim]."""
+  try:
+    arr = np.load(path, allow_pickle=False)
+  except FileNotFoundError:
+    raise ValueError(f"--text-embeddings {path}: no such file") from None
+  except ValueError as e:
+    raise ValueError(f"--text-embeddings {path}: not a plain .npy array ({e})") from None
+  stored = arr.shape
+  if arr.ndim == 2:
+    arr = np.broadcast_to(arr, (batch, *arr.shape))
+  if arr.ndim != 3 or arr.shape[0] != batch or arr.shape[1] > text_len or arr.shape[2] != text_dim:
+    raise ValueError(f"--text-embeddings {path}: shape {stored}; expected [P, {text_dim}] or "
+                     f"[{batch}, P, {text_dim}] with P <= {text_len}")
+  if not np.issubdtype(arr.dtype, np.floating) or not np.all(np.isfinite(arr)):
+    raise ValueError(f"--text-embeddings {path}: expected finite floating-point values, got {arr.dtype}")
+  return np.ascontiguousarray(arr, np.float32)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from rf_jax.config import ModelConfig, load_python_value
+from rf_jax.config import ComputeDtype, ModelConfig, load_python_value
 from rf_jax.data.shapes import ShapesConfig
 
 
@@ -99,7 +99,7 @@ class TrainConfig:
       raise ValueError(f"TrainConfig.loss={self.loss!r}; expected 'flow' or 'x0'")
     if not 0 < self.x0_loss_sigma_floor <= 1:
       raise ValueError(f"TrainConfig.x0_loss_sigma_floor={self.x0_loss_sigma_floor} must be in (0, 1]")
-    if self.compute_dtype not in ("float32", "bfloat16"):
+    if self.compute_dtype not in {d.value for d in ComputeDtype}:
       raise ValueError(f"TrainConfig.compute_dtype={self.compute_dtype!r}; expected float32 or bfloat16")
 
   def to_dict(self) -> dict[str, Any]:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import time
 from typing import Any
 
@@ -28,6 +27,7 @@ from rf_jax.io import write_json_atomic
 from rf_jax.data.shapes import shapes_batch
 from rf_jax.parallel import placement
 from rf_jax.parallel.distributed import is_leader
+from rf_jax.progress import progress_bar
 from rf_jax.runinfo import git_commit
 from rf_jax.train.config import TrainConfig
 from rf_jax.train.step import _graphdef, abstract_state, batch_indices, init_state, step_key, train_step_fn
@@ -99,7 +99,7 @@ def train(cfg: TrainConfig, out: str, *, mesh=None, progress: bool = True) -> di
   import orbax.checkpoint as ocp
   os.makedirs(out, exist_ok=True)
   _check_config(out, cfg)
-  parts = 1 if mesh is None else mesh.shape["data"] * mesh.shape["fsdp"]
+  parts = placement.batch_parts(mesh)
   if cfg.batch % parts:
     raise ValueError(f"TrainConfig.batch={cfg.batch} does not divide over the mesh's data x fsdp = {parts}")
   graphdef = _graphdef(cfg)
@@ -119,6 +119,7 @@ def train(cfg: TrainConfig, out: str, *, mesh=None, progress: bool = True) -> di
   t0 = time.perf_counter()
   last_t, last_step = t0, start
   compile_seconds = None
+  bar = progress_bar(cfg.steps, desc="train", unit="step", enabled=progress and is_leader(), initial=start)
   with open(metrics_path, "a") as log:
     for step in range(start, cfg.steps):
       clips = shapes_batch(cfg.data, seed=cfg.data_seed, indices=batch_indices(cfg, step), frames=cfg.clip_frames)
@@ -142,18 +143,15 @@ def train(cfg: TrainConfig, out: str, *, mesh=None, progress: bool = True) -> di
           log.write(json.dumps(record) + "\n")
           log.flush()
         last_t, last_step = now, done
-        if progress and is_leader():
-          sys.stderr.write(f"\r  step {done}/{cfg.steps} loss {m['loss']:.4f} grad {m['grad_norm']:.3f} "
-                           f"{record['steps_per_second'] or 0:.2f} steps/s   ")
-          sys.stderr.flush()
+        bar.set_postfix_str(f"loss {m['loss']:.4f} grad {m['grad_norm']:.3f}", refresh=False)
+      bar.update(1)
       if done % cfg.save_every == 0 or done == cfg.steps:
         manager.save(done, args=ocp.args.StandardSave(state), force=done == cfg.steps)
         if is_leader():
           loss_plot(metrics_path, os.path.join(out, "loss.png"))
+  bar.close()
   manager.wait_until_finished()
   manager.close()
-  if progress and is_leader():
-    sys.stderr.write("\n")
   export = os.path.join(out, "model")
   if is_leader() and (start < cfg.steps or not os.path.exists(export)):
     export_model(cfg, jax.device_get(state["ema"]), export)

@@ -31,6 +31,7 @@ import numpy as np
 import optax
 from flax import nnx
 
+from rf_jax.ops import AttnImpl
 from rf_jax.sampling.schedule import FlowSchedule
 from rf_jax.train.config import OptimConfig, TrainConfig
 
@@ -51,12 +52,11 @@ def optimizer(cfg: TrainConfig) -> optax.GradientTransformation:
 
 
 def build_model(cfg: TrainConfig, *, abstract: bool = False):
-  from rf_jax.model import CausalWanDiT
-  dtype = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[cfg.compute_dtype]
-
-  def make():
-    return CausalWanDiT(cfg.model, dtype=dtype, attn_impl="reference", rngs=nnx.Rngs(cfg.seed))
-  return nnx.eval_shape(make) if abstract else make()
+  """The model being trained: cfg.model's random weights from cfg.seed. Attention runs on the XLA backend, which
+  every platform differentiates (the kernels' backward pass is that same reference)."""
+  from rf_jax.pipeline import DiTSource, load_dit
+  return load_dit(DiTSource.random(cfg.model, cfg.seed), dtype=cfg.compute_dtype, attn_impl=AttnImpl.REFERENCE,
+                  abstract=abstract)
 
 
 def initial_params(cfg: TrainConfig) -> dict[str, Any]:

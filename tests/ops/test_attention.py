@@ -84,5 +84,9 @@ def test_model_takes_a_backend_name():
 
 
 def test_cli_lists_every_backend():
-  from rf_jax.cli import ATTENTION_BACKENDS
-  assert set(ATTENTION_BACKENDS) == {i.value for i in AttnImpl}
+  import argparse
+  from rf_jax.cli import build_parser
+  commands = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)).choices
+  for name in ("generate", "forward"):
+    flag = next(a for a in commands[name]._actions if a.dest == "attention")
+    assert set(flag.choices) == {i.value for i in AttnImpl}, name

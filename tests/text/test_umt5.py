@@ -13,7 +13,8 @@ from flax import nnx
 from conftest import fixture_dir
 from rf_jax.convert import ConversionError
 from rf_jax.convert.readers import SourceTensor, open_source
-from rf_jax.convert.umt5 import convert_umt5_tensors, encoder_from_params, param_shapes
+from rf_jax.convert import convert_umt5_tensors, encoder_from_params
+from rf_jax.convert.umt5 import param_shapes
 from rf_jax.reference import check_reference
 from rf_jax.text import UMT5_TINY, UMT5Config, UMT5Encoder, relative_buckets, wan_embeddings
 

@@ -15,7 +15,8 @@ from conftest import fixture_dir
 from rf_jax.convert import ConversionError
 from rf_jax.convert.readers import SourceTensor, open_source
 from rf_jax.convert.wan_dit import plan
-from rf_jax.convert.wan_vae import _COMPILED, convert_vae_tensors, param_shapes
+from rf_jax.convert import convert_vae_tensors
+from rf_jax.convert.wan_vae import _COMPILED, param_shapes
 from rf_jax.reference import check_reference
 from rf_jax.vae import VAE_TINY, WAN21_VAE, WanVAE
 

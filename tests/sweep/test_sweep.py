@@ -119,7 +119,7 @@ def test_text_prompts_are_encoded_once_and_match_generate(tmp_path, monkeypatch)
 
 
 def test_shipped_sweep_files_load():
-  here = os.path.join(os.path.dirname(__file__), "..", "configs", "sweeps")
+  here = os.path.join(os.path.dirname(__file__), "..", "..", "configs", "sweeps")
   for name in sorted(os.listdir(here)):
     if name.endswith(".py"):
       assert load_sweep(os.path.join(here, name)).policies
