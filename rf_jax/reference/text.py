@@ -8,7 +8,6 @@ from typing import Iterator
 
 import jax.numpy as jnp
 import numpy as np
-from flax import nnx
 
 from rf_jax.convert import convert_umt5_tensors, encoder_from_params
 from rf_jax.reference.compare import Comparison, mismatch, relative_error
@@ -34,10 +33,10 @@ def check_t5(ref: ReferenceFolder, z: dict, tol: float) -> Iterator[Comparison]:
     got = _bucket(np.asarray(z["rel_pos"]), cfg.num_buckets, cfg.max_dist)
     yield Comparison("t5/rel_bucket", mismatch(got, z["rel_bucket"]), 0.0, "mismatch")
   ids, mask = jnp.asarray(z["ids"]), jnp.asarray(z["mask"])
-  out, acts = nnx.capture(lambda m, *a: m(*a), nnx.Intermediate)(model, ids, mask)
+  out, acts = model.forward_with_activations(ids, mask)
   if "emb" in z:
-    yield Comparison("t5/emb", relative_error(np.asarray(acts["emb"].get_value()[0]), z["emb"]), tol)
-  bias, normed, attn, hidden = (np.asarray(a) for a in acts["per_layer"].get_value()[0])  # each [layers, ...]
+    yield Comparison("t5/emb", relative_error(np.asarray(acts["emb"]), z["emb"]), tol)
+  bias, normed, attn, hidden = (np.asarray(a) for a in acts["per_layer"])  # each [layers, ...]
   for i in range(cfg.num_layers):
     for name, value in ((f"pos_bias_{i}", bias[i]), (f"norm1_{i}", normed[i]), (f"attn_out_{i}", attn[i]),
                         (f"hidden_{i}", hidden[i])):

@@ -163,15 +163,28 @@ class UMT5Encoder(nnx.Module):
 
   def __call__(self, ids: Array, mask: Array) -> Array:
     """ids, mask int [B, L] (mask 1 on tokens, 0 on padding) -> hidden states [B, L, D] (padded rows included)."""
+    x, step, state = self._prepare(ids, mask)
+    x, _ = jax.lax.scan(lambda h, st: (step(h, st)[0], None), x, state)
+    return self.norm(x)
+
+  def forward_with_activations(self, ids: Array, mask: Array) -> tuple[Array, dict[str, Array]]:
+    """`__call__` that also returns its activations, for checking against a reference: "emb" [B, L, D] and
+    "per_layer" = (position bias [L_layers, 1, N, L, L], norm1, attention output, hidden [L_layers, B, L, D])."""
+    x, step, state = self._prepare(ids, mask)
+    emb = x
+    x, per_layer = jax.lax.scan(step, x, state)
+    return self.norm(x), {"emb": emb, "per_layer": per_layer}
+
+  def _prepare(self, ids: Array, mask: Array):
+    """(token embeddings, the layer step (h, block state) -> (h, (pos bias, norm1, attn, h)), the stacked blocks)."""
     cfg = self.config
     b, l = ids.shape
     x = self.token_embedding(ids)  # [B, L, D]
-    self.sow(nnx.Intermediate, "emb", x, capture_noop=True)
     buckets = jnp.asarray(relative_buckets(l, l, cfg.num_buckets, cfg.max_dist))  # [L, L]
     key_ok = (jnp.asarray(mask) != 0)[:, None, None, :]  # [B, 1, 1, L]
     graphdef, state = nnx.split(self.blocks)
 
-    def layer(h, block_state):
+    def step(h, block_state):
       block = nnx.merge(graphdef, block_state)
       pos = block.pos_embedding[...].astype(jnp.float32)[buckets].transpose(2, 0, 1)[None]  # [1, N, L, L]
       bias = jnp.where(key_ok, pos, jnp.finfo(jnp.float32).min)  # [B, N, L, L]
@@ -181,9 +194,7 @@ class UMT5Encoder(nnx.Module):
       h = h + block.ffn(block.norm2(h))
       return h, (pos, normed, attn, h)
 
-    x, per_layer = jax.lax.scan(layer, x, state)
-    self.sow(nnx.Intermediate, "per_layer", per_layer, capture_noop=True)  # (bias, norm1, attn out, hidden)
-    return self.norm(x)
+    return x, step, state
 
 
 def wan_embeddings(hidden: Array, mask: Array) -> Array:
