@@ -100,13 +100,14 @@ class ChunkOut(NamedTuple):
 
 def _chunk_step(graphdef, policy: Policy, sampler: Sampler, record_calls: bool, counter: list,
                 model_state, params, mem_state, text: TextKV, chunk_index: Array, noise: Array, renoise: Array,
-                timesteps: Array):
+                timesteps: Array, frame_offset: Array | int = 0):
   counter[0] += 1  # runs once per trace, i.e. per compilation
   model: CausalWanDiT = nnx.merge(graphdef, model_state)
   f = sampler.chunk_frames
   cfg = model.config
   grid = (noise.shape[2] // cfg.patch_size[1], noise.shape[3] // cfg.patch_size[2])
-  chunk = Chunk(jnp.asarray(chunk_index, jnp.int32) * f, f, grid)
+  # Generated chunk j starts at frame offset + j F: after the initial frames of an image-to-video run (traced).
+  chunk = Chunk(jnp.asarray(frame_offset, jnp.int32) + jnp.asarray(chunk_index, jnp.int32) * f, f, grid)
   b = noise.shape[0]
   n_steps = timesteps.shape[0]
   mem_state, ctx = policy.begin_chunk(params, mem_state, chunk)
@@ -147,6 +148,47 @@ def _chunk_step(graphdef, policy: Policy, sampler: Sampler, record_calls: bool, 
   calls = jax.tree.map(lambda a, r: jnp.concatenate([a, r[None]]), calls, refill_trace)  # [S + 1, ...]
   mem_state, trace = policy.end_chunk(params, mem_state, ctx, kv, chunk)
   return mem_state, ChunkOut(latents, trace, calls, call_x0)
+
+
+def _context_step(graphdef, policy: Policy, sampler: Sampler, record: bool, counter: list, model_state, params,
+                  mem_state, text: TextKV, latents: Array, first_frame: Array):
+  """Given frames into the memory: one call at t = 0 on latents [B, Fb, Hl, Wl, C] starting at `first_frame`,
+  stored like a chunk's refill (Self-Forcing's initial-latent calls). Returns (state, (x0, flow) of the call when
+  `record` else None, the policy's trace)."""
+  counter[0] += 1
+  model: CausalWanDiT = nnx.merge(graphdef, model_state)
+  cfg = model.config
+  b, fb = latents.shape[:2]
+  grid = (latents.shape[2] // cfg.patch_size[1], latents.shape[3] // cfg.patch_size[2])
+  chunk = Chunk(jnp.asarray(first_frame, jnp.int32), fb, grid)
+  mem_state, ctx = policy.begin_chunk(params, mem_state, chunk)
+  view = policy.call_view(params, mem_state, ctx, chunk)
+  t = jnp.zeros((b, fb), jnp.float32)
+  x = latents.astype(jnp.float32)
+  if record:
+    flow, kv, aux = model.call_with_hook(x, t, text, frame_pos=view.chunk_pos, self_mask=None, memory=view.memory,
+                                         hook=view.hook)
+    out = (x - flow * sampler.schedule.sigma(jnp.zeros((1,), jnp.float32))[0], flow)
+  else:
+    kv, aux = model.refill_kv(x, t, text, frame_pos=view.chunk_pos, memory=view.memory, hook=view.hook)
+    out = None
+  mem_state, _ = policy.after_call(params, mem_state, ctx, aux)
+  mem_state, trace = policy.end_chunk(params, mem_state, ctx, kv, chunk)
+  return mem_state, out, trace
+
+
+def initial_blocks(count: int, chunk_frames: int) -> list[tuple[int, int]]:
+  """How `count` given frames go into the memory, as (first frame, frames) calls: Self-Forcing takes 3k frames in
+  blocks of a chunk, or 1 + 3k with the first frame alone (`independent_first_frame`, image-to-video)."""
+  f = chunk_frames
+  if count < 0 or count % f not in (0, 1):
+    works = sorted({k * f for k in range(1, 4)} | {1 + k * f for k in range(0, 3)})
+    raise ValueError(f"{count} initial frames cannot be taken with {f}-frame chunks: the count must be a multiple "
+                     f"of {f} (video extension) or 1 + a multiple of {f} (an image first), e.g. "
+                     f"{', '.join(map(str, works))}")
+  first = [(0, 1)] if count % f == 1 and f > 1 else []
+  start = len(first)
+  return first + [(i, f) for i in range(start, count, f)]
 
 
 def _tokens(cfg, latent_shape) -> int:
@@ -200,16 +242,17 @@ class Rollout:
 
   def __init__(self, model: CausalWanDiT, policy: Policy, sampler: Sampler, *, batch: int,
                latent_hw: tuple[int, int], frames: int, record_calls: bool = False,
-               mesh: jax.sharding.Mesh | None = None, text_rows: int | None = None):
+               mesh: jax.sharding.Mesh | None = None, text_rows: int | None = None, initial_frames: int = 0):
     cfg = model.config
     f = sampler.chunk_frames
+    self.initial = initial_blocks(initial_frames, f)  # raises naming the counts that work
     if frames < f or frames % f:
       raise ValueError(f"frames={frames} must be a positive multiple of the chunk's {f} frames")
     hl, wl = latent_hw
     if hl % cfg.patch_size[1] or wl % cfg.patch_size[2]:
       raise ValueError(f"latent size {latent_hw} is not divisible by the patch {cfg.patch_size[1:]}")
     policy.validate(f)
-    check_video_length(policy, frames, f)
+    check_video_length(policy, frames + initial_frames, f)
     self.model_config = cfg
     self.policy = policy
     self.sampler = sampler
@@ -217,8 +260,9 @@ class Rollout:
     self.latent_hw = (hl, wl)
     self.frames = frames
     self.num_chunks = frames // f
+    self.initial_frames = initial_frames
     self.geometry = Geometry(cfg.num_layers, batch, _tokens(cfg, (1, 1, hl, wl, 1)), cfg.num_heads, cfg.head_dim,
-                             f, frames, model.dtype)
+                             f, frames + initial_frames, model.dtype)
     self.mesh = mesh
     if text_rows is not None and not 1 <= text_rows <= cfg.text_len:
       raise ValueError(f"text_rows={text_rows} must be in [1, text_len={cfg.text_len}]")
@@ -227,6 +271,7 @@ class Rollout:
     self.timesteps = jnp.asarray(sampler.timesteps, jnp.float32)
     self._traces = [0]
     self.final_state = None  # the memory after the last `run` (to inspect it, or continue with `step`)
+    self.prefill_out = []  # the initial-frame calls of the last `run`: (x0 when recorded, trace) each
     self.step_compile = None  # where the chunk step's last compilation came from (`rf_jax.compile_cache.outcome`)
     n_steps = len(sampler.timesteps)
     if mesh is None:
@@ -235,6 +280,10 @@ class Rollout:
       placement.mesh_config(mesh).validate(cfg, batch)
       self.graphdef, self.model_state = placement.place_model(model, mesh)
     step = functools.partial(_chunk_step, self.graphdef, policy.static_part(), sampler, record_calls, self._traces)
+    self._context_traces = [0]
+    context = functools.partial(_context_step, self.graphdef, policy.static_part(), sampler, record_calls,
+                                self._context_traces)
+    self._context = jax.jit(context, donate_argnums=(2,))
     if mesh is None:
       self._init = jax.jit(lambda: policy.init(self.geometry))
       self._step = jax.jit(step, donate_argnums=(2,))
@@ -316,13 +365,37 @@ class Rollout:
                               sds(self.chunk_shape, jnp.float32), sds((steps - 1, *self.chunk_shape), jnp.float32),
                               self.timesteps)
 
+  def prefill(self, state, text: TextKV, initial: Array, params=None) -> tuple[object, list]:
+    """The given frames into the memory (image-to-video, video extension): initial [B, n, Hl, Wl, C] with n this
+    rollout's `initial_frames`, in the calls `initial_blocks` lists. Returns (state, per call ((x0, flow) when
+    calls are recorded, else None; the policy's trace))."""
+    expected = (self.batch, self.initial_frames, *self.latent_hw, self.model_config.in_dim)
+    if tuple(initial.shape) != expected:
+      raise ValueError(f"initial latents have shape {tuple(initial.shape)}; expected {expected}")
+    outs = []
+    for i in range(len(self.initial)):
+      state, out, trace = self.prefill_call(state, text, initial, i, params)
+      outs.append((out, trace))
+    return state, outs
+
+  def prefill_call(self, state, text: TextKV, initial: Array, index: int, params=None):
+    """Initial-frame call `index` of `initial_blocks` alone: (state, (x0, flow) or None, trace). `state` is
+    donated."""
+    params = self.params if params is None else params
+    first, count = self.initial[index]
+    with self.on_mesh():
+      return self._context(self.model_state, params, state, text,
+                           self._per_sample(jnp.asarray(initial[:, first:first + count])), jnp.int32(first))
+
   def step(self, state, text: TextKV, chunk_index: int, noise: Array, renoise: Array, params=None):
-    """One chunk: returns (new state, ChunkOut). `state` is donated."""
+    """One chunk (generated chunk `chunk_index`, after the initial frames): returns (new state, ChunkOut).
+    `state` is donated."""
     params = self.params if params is None else params
     compiles, cache = self.compile_count, compile_cache.events()
     with self.on_mesh():
       out = self._step(self.model_state, params, state, text, jnp.asarray(chunk_index, jnp.int32),
-                       self._per_sample(noise), self._per_sample(renoise, 1), self.timesteps)
+                       self._per_sample(noise), self._per_sample(renoise, 1), self.timesteps,
+                       jnp.int32(self.initial_frames))
     if self.compile_count > compiles:
       self.step_compile = compile_cache.outcome(cache)
     return out
@@ -338,17 +411,23 @@ class Rollout:
       return self._noise(key, index, shape=self.chunk_shape)
 
   def run(self, context: Array, *, key: Array | None = None, noise: Array | None = None,
-          renoise: Array | None = None, params=None,
+          renoise: Array | None = None, params=None, initial: Array | None = None,
           on_chunk: Callable[[int, ChunkOut], None] | None = None) -> tuple[np.ndarray | None, list]:
     """The whole video, chunk by chunk. Noise comes from `key`, or from explicit arrays (to reproduce a reference):
     `noise` [B, frames, Hl, Wl, C] and `renoise` [chunks, S - 1, B, F, Hl, Wl, C]. `key` is one key for the
     batch or one per sample ([B]; see `sample_noise`).
 
+    With `initial_frames`, `initial` [B, n, Hl, Wl, C] goes into the memory first (`prefill`), the generated frames
+    continue its positions, and the returned latents start with it (copied).
+
     With `on_chunk`, each finished chunk is handed over (one chunk behind the device, so it never waits) and
-    nothing is kept; otherwise returns (latents [B, frames, Hl, Wl, C], list of ChunkOut on the host).
+    nothing is kept; otherwise returns (latents [B, initial + frames, Hl, Wl, C], list of ChunkOut on the host).
     """
     if (key is None) == (noise is None):
       raise ValueError("give either key or noise (and renoise)")
+    if (initial is None) != (self.initial_frames == 0):
+      raise ValueError(f"this rollout takes {self.initial_frames} initial frames; initial is "
+                       f"{'missing' if initial is None else 'given'}")
     f = self.sampler.chunk_frames
     if noise is not None:
       expected = (self.batch, self.frames, *self.latent_hw, self.model_config.in_dim)
@@ -360,6 +439,8 @@ class Rollout:
                          f"{(self.num_chunks, steps - 1, *self.chunk_shape)}")
     text = self.text_kv(context)
     state = self.init_state()
+    if initial is not None:
+      state, self.prefill_out = self.prefill(state, text, initial, params)
     kept: list[ChunkOut] = []
     pending: tuple[int, ChunkOut] | None = None
 
@@ -389,12 +470,15 @@ class Rollout:
     self.final_state = state
     if on_chunk is not None:
       return None, []
-    return np.concatenate([o.latents for o in kept], axis=1), kept
+    head = [] if initial is None else [np.asarray(initial, np.float32)]
+    return np.concatenate(head + [o.latents for o in kept], axis=1), kept
 
   def run_scan(self, context: Array, key: Array, params=None):
     """The whole rollout as one traced function (lax.scan over chunks): (latents, stacked traces). Jit or vmap it
     for sweeps; the policy scalars in `params` may be traced. On a mesh, trace it under `with rollout.on_mesh():`."""
     params = self.params if params is None else params
+    if self.initial_frames:
+      raise ValueError("run_scan does not take initial frames yet; use run(initial=...)")
     text = self.text_kv(context) if not isinstance(context, TextKV) else context
     step = functools.partial(_chunk_step, self.graphdef, self.policy.static_part(), self.sampler, False, [0])
 
