@@ -57,6 +57,16 @@ class CallView(NamedTuple):
   hook: LayerHook | None = None
 
 
+class RecachePlan(NamedTuple):
+  """A prompt switch's re-cache (LongLive): the frames before the switch re-run through the model with the new
+  prompt, W of them at a fixed width (frame c - W + i at index i; c the switch chunk's start), so that the memory
+  holds keys conditioned on the new prompt."""
+  frames: Array  # int32 [W]: the frame at each index (negative before the video starts)
+  rerun: Array  # bool [W]: re-run (its output is meaningful)
+  keys: Array  # bool [W]: its new keys are attended by the re-run call and stored
+  memory: MemoryView | None  # the entries kept from before, which the re-run call attends too
+
+
 def moved_by(pos: Array, frames: Array, valid: Array, chunk_pos: Array, chunk: Chunk) -> Array:
   """int32 [B, M]: the extra turn of each entry of a reservoir view (see the module docstring). pos/frames/valid
   [B, M]: where the policy shows each entry and the frame it holds; chunk_pos [F] or [B, F]: where it shows the
@@ -109,6 +119,21 @@ class Policy:
     return state, {}
 
   def end_chunk(self, params, state, ctx, kv, chunk: Chunk) -> tuple[Any, dict[str, Array]]:
+    raise NotImplementedError
+
+  # ----------------------------------------------------------------------------------------- prompt switches
+
+  def recache_width(self, geom: Geometry) -> int:
+    """W: how many frames a re-cache re-runs at most (the compiled width)."""
+    raise ValueError(f"memory policy {self.name!r} cannot re-cache after a prompt switch yet; use recache=none")
+
+  def recache_plan(self, params, state, chunk: Chunk, width: int, keep_sink: bool) -> tuple[Any, RecachePlan]:
+    """Before the re-cache call of a switch at chunk `chunk`: (state, plan). `keep_sink`: LongLive's global sink
+    (the first frames keep their keys from before the switch once the window has moved past them)."""
+    raise ValueError(f"memory policy {self.name!r} cannot re-cache after a prompt switch yet; use recache=none")
+
+  def recache_store(self, params, state, plan: RecachePlan, kv, chunk: Chunk, keep_sink: bool) -> Any:
+    """After the re-cache call: the memory holding the re-run frames' keys/values kv [L, B, W, Q, N, H]."""
     raise NotImplementedError
 
   def describe(self, chunk: int, trace: dict[str, np.ndarray], calls: dict[str, np.ndarray]) -> dict[str, Any]:

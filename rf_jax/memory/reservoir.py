@@ -107,3 +107,14 @@ def gather_slots(res: Reservoir, slots: Array) -> tuple[Array, Array]:
   """Keys/values of per-sample slots: slots int [B, M] -> k, v [L, B, N, M, Q, H]."""
   idx = slots.astype(jnp.int32)[None, :, None, :, None, None]  # [1, B, 1, M, 1, 1]
   return jnp.take_along_axis(res.k, idx, axis=3), jnp.take_along_axis(res.v, idx, axis=3)
+
+
+def write_at(res: Reservoir, kv: FrameKV, frames: Array, slots: Array, grid: tuple[int, int]) -> Reservoir:
+  """Stores frames `frames` (int [W]; kv pre-RoPE [L, B, W, Q, N, H]) in slots `slots` (int [W]; the capacity
+  drops a frame), keys turned at their frame index on the token `grid`."""
+  stored = stored_kv(kv, jnp.maximum(frames, 0), grid)  # [L, B, N, W, Q, H]
+  k = res.k.at[:, :, :, slots].set(stored.k.astype(res.k.dtype), mode="drop")
+  v = res.v.at[:, :, :, slots].set(stored.v.astype(res.v.dtype), mode="drop")
+  frame = res.frame.at[:, slots].set(jnp.broadcast_to(frames, (res.frame.shape[0], frames.shape[0])), mode="drop")
+  key_mean = res.key_mean.at[:, slots].set(frame_key_mean(kv.k[0]), mode="drop")
+  return Reservoir(k, v, frame, key_mean)

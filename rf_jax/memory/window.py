@@ -25,8 +25,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rf_jax.memory.base import CallView, Chunk, Policy, moved_by
-from rf_jax.memory.reservoir import Geometry, Reservoir, init_reservoir, write_frames
+from rf_jax.memory.base import CallView, Chunk, Policy, RecachePlan, moved_by
+from rf_jax.memory.reservoir import Geometry, Reservoir, init_reservoir, ring_slot, write_at, write_frames
 from rf_jax.model.dit import MemoryView
 
 Array = jax.Array
@@ -87,6 +87,45 @@ class WindowPolicy(Policy):
     pos, chunk_pos = self.positions_of(res, chunk)
     trace = {"memory_frames": res.frame, "memory_positions": pos, "chunk_positions": chunk_pos}
     return write_frames(res, kv, chunk.start, self.sink_frames, chunk.grid), trace
+
+  # ------------------------------------------------------------------------------- prompt switches (LongLive)
+
+  def recache_width(self, geom: Geometry) -> int:
+    if self.positions != "absolute":
+      raise ValueError(f"window: positions={self.positions!r} cannot re-cache after a prompt switch (LongLive's "
+                       "re-cache is defined for absolute positions); use positions=absolute or recache=none")
+    return geom.total_frames if self.window_frames == -1 else self.window_frames
+
+  def _recache_start(self, c: Array) -> Array:
+    """st: the first re-run frame, c - min(window, c) (0 for a global window)."""
+    return jnp.zeros_like(c) if self.window_frames == -1 else c - jnp.minimum(self.window_frames, c)
+
+  def recache_plan(self, params, res: Reservoir, chunk: Chunk, width: int, keep_sink: bool):
+    """LongLive: frames st .. c-1 re-run in one call with no mask among them. With the global sink kept (and the
+    window past it, st > 0) the sink slots keep their keys and are attended; the first `sink` re-run frames are
+    then neither stored nor attended (LongLive computes and drops them)."""
+    c, s = chunk.start, self.sink_frames
+    frames = c - width + jnp.arange(width, dtype=jnp.int32)
+    st = self._recache_start(c)
+    rerun = frames >= st
+    keep = keep_sink & (st > 0)
+    keys = rerun & ~(keep & (frames < st + s))
+    kept = (jnp.arange(res.capacity) < s)[None] & (res.frame >= 0) & keep  # [B, R]
+    return res, RecachePlan(frames, rerun, keys, MemoryView(res.k, res.v, None, kept))
+
+  def recache_store(self, params, res: Reservoir, plan: RecachePlan, kv, chunk: Chunk, keep_sink: bool):
+    """The kept sink stays; the first `sink` stored frames take the sink slots (so without a global sink the sink
+    becomes frames st .. st+S-1 for good, as LongLive's); the newest frames the ring holds take their ring slots;
+    every other slot is emptied."""
+    c, s, r = chunk.start, self.sink_frames, res.capacity
+    st = self._recache_start(c)
+    keep = keep_sink & (st > 0)
+    to_sink = plan.keys & ~keep & (plan.frames < st + s)
+    to_ring = plan.keys & ~to_sink & (plan.frames >= c - (r - s)) & (plan.frames >= s)
+    slots = jnp.where(to_sink, plan.frames - st, jnp.where(to_ring, ring_slot(jnp.maximum(plan.frames, 0), s, r), r))
+    held = (jnp.arange(r) < s)[None] & keep
+    res = res._replace(frame=jnp.where(held, res.frame, -1))
+    return write_at(res, kv, plan.frames, slots, chunk.grid)
 
   def describe(self, chunk, trace, calls):
     return describe_slots(trace)

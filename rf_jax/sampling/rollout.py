@@ -33,6 +33,7 @@ from rf_jax.memory import Chunk, Geometry, Policy, check_video_length
 from rf_jax.model.dit import CausalWanDiT, TextKV
 from rf_jax.parallel import placement
 from rf_jax.sampling.schedule import FlowSchedule
+from rf_jax.sampling.switching import PromptSchedule, Recache
 
 Array = jax.Array
 
@@ -177,6 +178,33 @@ def _context_step(graphdef, policy: Policy, sampler: Sampler, record: bool, coun
   return mem_state, out, trace
 
 
+def _recache_step(graphdef, policy: Policy, sampler: Sampler, record: bool, keep_sink: bool, counter: list,
+                  model_state, params, mem_state, text: TextKV, recent: Array, chunk_start: Array):
+  """A prompt switch's re-cache (`rf_jax.sampling.switching`): recent [B, W, Hl, Wl, C] are the output frames
+  c - W .. c - 1 (c = chunk_start; zeros before the video), re-run in one call at the refill's timestep with the new
+  prompt's `text`, no mask among the frames the policy re-runs, keys only from the frames it stores. Returns
+  (state, (x0, flow) [B, W, ...] when `record`, the plan's frames/rerun/keys)."""
+  counter[0] += 1
+  model: CausalWanDiT = nnx.merge(graphdef, model_state)
+  cfg = model.config
+  b, w = recent.shape[:2]
+  grid = (recent.shape[2] // cfg.patch_size[1], recent.shape[3] // cfg.patch_size[2])
+  chunk = Chunk(jnp.asarray(chunk_start, jnp.int32), sampler.chunk_frames, grid)
+  mem_state, plan = policy.recache_plan(params, mem_state, chunk, w, keep_sink)
+  q = grid[0] * grid[1]
+  key_ok = jnp.repeat(plan.keys, q)  # [W*Q]: the re-run tokens that serve as keys
+  mask = jnp.broadcast_to(key_ok[None, :], (w * q, w * q))  # every re-run token attends every stored one
+  t = jnp.full((b, w), sampler.context_noise, jnp.float32)
+  x = recent.astype(jnp.float32)
+  flow, kv = model(x, t, text, frame_pos=jnp.maximum(plan.frames, 0), self_mask=mask, memory=plan.memory)
+  mem_state = policy.recache_store(params, mem_state, plan, kv, chunk, keep_sink)
+  out = None
+  if record:
+    sigma = sampler.schedule.sigma(jnp.asarray([sampler.context_noise], jnp.float32))[0]
+    out = (x - sigma * flow, flow)
+  return mem_state, out, {"frames": plan.frames, "rerun": plan.rerun, "keys": plan.keys}
+
+
 def initial_blocks(count: int, chunk_frames: int) -> list[tuple[int, int]]:
   """How `count` given frames go into the memory, as (first frame, frames) calls: Self-Forcing takes 3k frames in
   blocks of a chunk, or 1 + 3k with the first frame alone (`independent_first_frame`, image-to-video)."""
@@ -242,7 +270,8 @@ class Rollout:
 
   def __init__(self, model: CausalWanDiT, policy: Policy, sampler: Sampler, *, batch: int,
                latent_hw: tuple[int, int], frames: int, record_calls: bool = False,
-               mesh: jax.sharding.Mesh | None = None, text_rows: int | None = None, initial_frames: int = 0):
+               mesh: jax.sharding.Mesh | None = None, text_rows: int | None = None, initial_frames: int = 0,
+               recache: Recache | str = Recache.WINDOW, global_sink: bool = True):
     cfg = model.config
     f = sampler.chunk_frames
     self.initial = initial_blocks(initial_frames, f)  # raises naming the counts that work
@@ -272,6 +301,7 @@ class Rollout:
     self._traces = [0]
     self.final_state = None  # the memory after the last `run` (to inspect it, or continue with `step`)
     self.prefill_out = []  # the initial-frame calls of the last `run`: (x0 when recorded, trace) each
+    self.switches = []  # the prompt switches of the last `run`: chunk, frame, prompt, the frames re-cached
     self.step_compile = None  # where the chunk step's last compilation came from (`rf_jax.compile_cache.outcome`)
     n_steps = len(sampler.timesteps)
     if mesh is None:
@@ -284,6 +314,18 @@ class Rollout:
     context = functools.partial(_context_step, self.graphdef, policy.static_part(), sampler, record_calls,
                                 self._context_traces)
     self._context = jax.jit(context, donate_argnums=(2,))
+    self.recache = Recache(recache)
+    self.global_sink = bool(global_sink)
+    self._recache_traces = [0]
+    self._recache_width, self._recache_error = None, None
+    if self.recache is Recache.WINDOW:
+      try:
+        self._recache_width = policy.recache_width(self.geometry)
+      except ValueError as e:  # raised when a switch asks for it (a run without switches needs none)
+        self._recache_error = str(e)
+      self._recache = jax.jit(functools.partial(_recache_step, self.graphdef, policy.static_part(), sampler,
+                                                record_calls, self.global_sink, self._recache_traces),
+                              donate_argnums=(2,))
     if mesh is None:
       self._init = jax.jit(lambda: policy.init(self.geometry))
       self._step = jax.jit(step, donate_argnums=(2,))
@@ -387,6 +429,22 @@ class Rollout:
       return self._context(self.model_state, params, state, text,
                            self._per_sample(jnp.asarray(initial[:, first:first + count])), jnp.int32(first))
 
+  def recache_call(self, state, text: TextKV, recent: Array, chunk_start: int, params=None):
+    """A prompt switch's re-cache before the chunk starting at frame `chunk_start` (> 0): recent [B, W, Hl, Wl, C]
+    the output frames chunk_start - W .. chunk_start - 1 (zeros before the video; W = `recache_width`), `text` the
+    new prompt's. Returns (state, (x0, flow) when calls are recorded else None, {frames, rerun, keys}). `state` is
+    donated."""
+    if self._recache_width is None:
+      raise ValueError("this rollout was built with recache=none")
+    params = self.params if params is None else params
+    with self.on_mesh():
+      return self._recache(self.model_state, params, state, text, self._per_sample(jnp.asarray(recent)),
+                           jnp.int32(chunk_start))
+
+  @property
+  def recache_width(self) -> int | None:
+    return self._recache_width
+
   def step(self, state, text: TextKV, chunk_index: int, noise: Array, renoise: Array, params=None):
     """One chunk (generated chunk `chunk_index`, after the initial frames): returns (new state, ChunkOut).
     `state` is donated."""
@@ -412,6 +470,7 @@ class Rollout:
 
   def run(self, context: Array, *, key: Array | None = None, noise: Array | None = None,
           renoise: Array | None = None, params=None, initial: Array | None = None,
+          schedule: PromptSchedule | None = None,
           on_chunk: Callable[[int, ChunkOut], None] | None = None) -> tuple[np.ndarray | None, list]:
     """The whole video, chunk by chunk. Noise comes from `key`, or from explicit arrays (to reproduce a reference):
     `noise` [B, frames, Hl, Wl, C] and `renoise` [chunks, S - 1, B, F, Hl, Wl, C]. `key` is one key for the
@@ -419,6 +478,9 @@ class Rollout:
 
     With `initial_frames`, `initial` [B, n, Hl, Wl, C] goes into the memory first (`prefill`), the generated frames
     continue its positions, and the returned latents start with it (copied).
+
+    With a `schedule` of K prompts, `context` is [K, B, P, text_dim]: prompt k conditions the chunks from its switch
+    on, and at each switch the memory is re-cached (this rollout's `recache`). `self.switches` lists what happened.
 
     With `on_chunk`, each finished chunk is handed over (one chunk behind the device, so it never waits) and
     nothing is kept; otherwise returns (latents [B, initial + frames, Hl, Wl, C], list of ChunkOut on the host).
@@ -437,10 +499,27 @@ class Rollout:
       if renoise is None or tuple(renoise.shape) != (self.num_chunks, steps - 1, *self.chunk_shape):
         raise ValueError(f"renoise has shape {None if renoise is None else tuple(renoise.shape)}; expected "
                          f"{(self.num_chunks, steps - 1, *self.chunk_shape)}")
-    text = self.text_kv(context)
+    schedule = schedule or PromptSchedule()
+    if schedule.num_prompts > 1 and (context.ndim != 4 or context.shape[0] != schedule.num_prompts):
+      raise ValueError(f"a schedule of {schedule.num_prompts} prompts needs context [{schedule.num_prompts}, B, P, "
+                       f"text_dim]; got {tuple(context.shape)}")
+    schedule.check(self.initial_frames + self.frames)
+    if schedule.num_prompts > 1 and self._recache_error:
+      raise ValueError(self._recache_error)
+    texts = [self.text_kv(c) for c in (context if context.ndim == 4 else context[None])]
+    starts = [self.initial_frames + j * f for j in range(self.num_chunks)]
+    plan = schedule.chunk_prompts(starts)
+    text = texts[plan[0][0]]
     state = self.init_state()
     if initial is not None:
       state, self.prefill_out = self.prefill(state, text, initial, params)
+    recent = None
+    if self._recache_width is not None and schedule.num_prompts > 1:
+      w = self._recache_width
+      recent = jnp.zeros((self.batch, w, *self.latent_hw, self.model_config.in_dim), jnp.float32)
+      if initial is not None:
+        recent = jnp.concatenate([recent, jnp.asarray(initial, jnp.float32)], axis=1)[:, -w:]
+    self.switches = []
     kept: list[ChunkOut] = []
     pending: tuple[int, ChunkOut] | None = None
 
@@ -462,7 +541,17 @@ class Rollout:
         x, eps = jnp.asarray(noise[:, j * f:(j + 1) * f]), jnp.asarray(renoise[j])
       else:
         x, eps = self.noise(key, j)
-      state, out = self.step(state, text, j, x, eps, params)
+      prompt, switch = plan[j]
+      if switch:
+        event = {"chunk": j, "frame": starts[j], "prompt": prompt, "recached_frames": []}
+        if recent is not None and starts[j] > 0:
+          state, _, info = self.recache_call(state, texts[prompt], recent, starts[j], params)
+          event["recached_frames"] = [int(x) for x, k in zip(np.asarray(info["frames"]), np.asarray(info["keys"]))
+                                      if k]
+        self.switches.append(event)
+      state, out = self.step(state, texts[prompt], j, x, eps, params)
+      if recent is not None:
+        recent = jnp.concatenate([recent[:, f:], out.latents.astype(jnp.float32)], axis=1)
       if pending is not None:
         hand_over(*pending)
       pending = (j, out)

@@ -1,0 +1,56 @@
+"""Prompt switches: a rollout's prompt schedule and how the memory is re-cached at a switch (LongLive).
+
+A schedule is data: prompt k conditions the video from latent frame `switch_frames[k-1]` on. A switch takes effect
+at the first chunk whose start frame is at or past its frame (a frame inside a chunk is rounded up to the next
+chunk start), at most one per chunk, as LongLive's interactive pipeline does. Neither the frames nor the prompts
+are part of a compiled shape: a sweep over switch points reuses one compilation.
+
+At a switch, the text conditioning changes, and (`Recache.WINDOW`, LongLive's behaviour) the frames before the
+switch that the memory's window covers are run once more through the model, at the refill's timestep, with the new
+prompt and no mask among them, so the memory holds keys conditioned on it. `Recache.NONE` only changes the prompt.
+`global_sink` (LongLive's, default True): once the window has moved past the sink, the sink keeps its keys from
+before the switch; False rebuilds the sink from the first re-run frames (and keeps those for good).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+from typing import Sequence
+
+
+class Recache(enum.Enum):
+  NONE = "none"  # the prompt changes; the memory keeps its keys
+  WINDOW = "window"  # LongLive: the frames the window covers re-run with the new prompt
+
+
+@dataclasses.dataclass(frozen=True)
+class PromptSchedule:
+  """Prompt k from latent frame switch_frames[k-1] on (prompt 0 from the start)."""
+  switch_frames: tuple[int, ...] = ()
+
+  def __post_init__(self):
+    object.__setattr__(self, "switch_frames", tuple(int(f) for f in self.switch_frames))
+    if any(f < 0 for f in self.switch_frames):
+      raise ValueError(f"switch frames {list(self.switch_frames)}: frames must be >= 0")
+    if list(self.switch_frames) != sorted(self.switch_frames):
+      raise ValueError(f"switch frames {list(self.switch_frames)} are not sorted")
+
+  @property
+  def num_prompts(self) -> int:
+    return len(self.switch_frames) + 1
+
+  def chunk_prompts(self, chunk_starts: Sequence[int]) -> list[tuple[int, bool]]:
+    """Per chunk (given its start frame): (prompt index, whether the switch to it happens at this chunk)."""
+    out, k = [], 0
+    for c in chunk_starts:
+      switch = k < len(self.switch_frames) and c >= self.switch_frames[k]
+      k += switch
+      out.append((k, bool(switch)))
+    return out
+
+  def check(self, total_frames: int) -> None:
+    """Raises naming the switch that can never happen in a video of `total_frames` frames."""
+    late = [f for f in self.switch_frames if f >= total_frames]
+    if late:
+      raise ValueError(f"switch frame {late[0]} is past the end of the video ({total_frames} frames)")
