@@ -6,6 +6,8 @@ A DiT reference folder holds `config.json` (`constructor_args`, geometry, `sched
   forward_train.npz  one block-causal training-style forward with its intermediate activations
   rollout.npz        an autoregressive rollout with its memory policy (see `rf_jax.reference.rollout`)
   rollout_*.npz      rollouts from initial frames, listed in config.json's `rollouts` (`rf_jax.reference.initial`)
+  (interactive)      rollout.npz and rollout_nogs.npz with prompt switches, when config.json has an `interactive`
+                     block (`rf_jax.reference.switching`)
 A umT5 folder holds `t5.npz` instead (`rf_jax.reference.text`), a VAE folder `vae.npz` (`rf_jax.reference.vae`).
 Each compared array gets one line: name, metric, and PASS/FAIL at the tolerance. Forward arrays use the relative
 error ||out - ref|| / ||ref||; rollout arrays the max absolute difference; integer and boolean arrays (selections,
@@ -24,6 +26,7 @@ from rf_jax.reference.compare import DEFAULT_ABS_TOLERANCE, DEFAULT_TOLERANCE, C
 from rf_jax.reference.dit import check_forward, check_rope
 from rf_jax.reference.folder import ReferenceFolder
 from rf_jax.reference.initial import check_initial
+from rf_jax.reference.switching import check_switching
 from rf_jax.reference.rollout import check_rollout, unchecked_arrays
 from rf_jax.reference.text import check_t5
 from rf_jax.reference.vae import check_vae
@@ -54,19 +57,26 @@ def check_reference(path: str | os.PathLike, *, tolerance: float = DEFAULT_TOLER
     return results, notes
   ref = ReferenceFolder.open(path)
   known = ["rope.npz", "forward_train.npz", "rollout.npz"]
-  if "rollouts" in ref.config:  # rollouts with initial frames (image-to-video, video extension)
+  if "interactive" in ref.config:  # prompt switches with re-cache (LongLive)
+    with jax.default_matmul_precision("highest"):
+      got, more = check_switching(ref, ref.load_model(), abs_tolerance)
+    run(got)
+    notes += more
+    known = ["rope.npz", "forward_train.npz", "rollout.npz", "rollout_nogs.npz"]
+  elif "rollouts" in ref.config:  # rollouts with initial frames (image-to-video, video extension)
     with jax.default_matmul_precision("highest"):
       got, more = check_initial(ref, ref.load_model(), abs_tolerance)
     run(got)
     notes += more
-    known = [spec["file"] for spec in ref.config["rollouts"].values()]
+    known = ["rope.npz", "forward_train.npz", *(spec["file"] for spec in ref.config["rollouts"].values())]
 
   with jax.default_matmul_precision("highest"):
     rope = ref.npz("rope.npz")
     if rope is not None:
       run(check_rope(ref, rope, tolerance))
     forward = ref.npz("forward_train.npz")
-    rollout = ref.npz("rollout.npz") if "rollout.npz" in known else None
+    special = "interactive" in ref.config or "rollouts" in ref.config  # their rollouts are checked above
+    rollout = None if special else ref.npz("rollout.npz")
     model = ref.load_model() if forward is not None or rollout is not None else None
     if forward is not None:
       run(check_forward(ref, forward, model, tolerance))

@@ -40,10 +40,10 @@ def _cl(x: np.ndarray) -> np.ndarray:
 
 
 def upstream_view(table: np.ndarray, sink: int, held: int) -> set[int]:
-  """The frames upstream's next chunk attends from a slot table: the sink, then the newest `held - sink`."""
-  frames = [int(x) for x in table if x >= 0]
-  sinks = [x for x in frames if x < sink]
-  rest = sorted(x for x in frames if x >= sink)
+  """The frames upstream's next chunk attends from a slot table: the sink slots (the first `sink`, whatever frames
+  they hold), then the newest `held - sink` of the others."""
+  sinks = [int(x) for x in table[:sink] if x >= 0]
+  rest = sorted(int(x) for x in table[sink:] if x >= 0)
   return set(sinks) | set(rest[len(rest) - max(held - sink, 0):] if held > sink else [])
 
 
