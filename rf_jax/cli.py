@@ -1,8 +1,5 @@
-"""The `rf-jax` command line: convert, inspect, check-reference, generate, sweep, train, forward.
-
-Each command parses its arguments into the library's typed settings and calls one library function; nothing here is
-imported by the library.
-"""
+"""The `rf-jax` command line: convert, inspect, check-reference, generate, sweep, train, forward. Each command parses
+its arguments into the library's typed settings and calls one library function; the library never imports this."""
 
 from __future__ import annotations
 
@@ -15,16 +12,13 @@ from typing import Sequence
 from rf_jax.config import PRESETS, ComputeDtype
 from rf_jax.memory import POLICIES, SETTINGS, public_name
 from rf_jax.ops import AttnImpl
+from rf_jax.sampling import Recache
+
 
 def _mesh(args):
   from rf_jax.parallel.placement import setup_mesh
   return setup_mesh(args.mesh, coordinator=args.coordinator, num_processes=args.num_processes,
                     process_id=args.process_id, distributed=args.distributed)
-
-
-def _compile_cache(args) -> None:
-  from rf_jax import compile_cache
-  compile_cache.configure(compile_cache.resolve_dir(args.compile_cache, args.no_compile_cache))
 
 
 def _leader_prints(obj) -> None:
@@ -50,8 +44,7 @@ def cmd_check_reference(args) -> int:
   results, notes = check_reference(args.dir, tolerance=args.tolerance, abs_tolerance=args.abs_tolerance)
   for note in notes:
     print(f"note: {note}", file=sys.stderr)
-  summary = summarize(results)
-  print(json.dumps(summary))
+  print(json.dumps(summary := summarize(results)))
   return 0 if summary["passed"] else 1
 
 
@@ -68,23 +61,26 @@ def cmd_forward(args) -> int:
 
 
 def cmd_generate(args) -> int:
-  from rf_jax.generate import GenerateRequest, generate_request
+  from rf_jax import compile_cache
+  from rf_jax.generate import GenerateRequest, generate_request, prompt_schedule
   from rf_jax.pipeline import DiTSource
   from rf_jax.text.encode import read_prompts
   if os.path.exists(args.out) and not args.force:
     raise FileExistsError(f"{os.path.abspath(args.out)} already exists; pass --force to replace it")
   settings = {f: getattr(args, f) for f in SETTINGS if getattr(args, f) is not None}
+  prompts, switches = prompt_schedule(read_prompts(args.prompt or (), args.prompts), args.switch, args.prompt_schedule)
   req = GenerateRequest(
       source=DiTSource.of(args.checkpoint, args.preset, seed=args.seed), memory=args.memory,
       memory_settings=settings, frames=args.frames, seed=args.seed, batch=args.batch,
       latent_hw=tuple(args.latent_hw) if args.latent_hw else None, chunk_frames=args.chunk_frames,
       steps=tuple(args.steps) if args.steps else None, warp=not args.no_warp, eta=args.eta, shift=args.shift,
       context_noise=args.context_noise, compute_dtype=ComputeDtype(args.compute_dtype),
-      attention=AttnImpl(args.attention), prompts=tuple(read_prompts(args.prompt or (), args.prompts)),
+      attention=AttnImpl(args.attention), prompts=tuple(prompts), switches=switches, recache=Recache(args.recache),
+      global_sink=not args.no_global_sink, image=args.image, init_video=args.init_video, init_latents=args.init_latents,
       text_embeddings=args.text_embeddings, text_encoder=args.text_encoder, tokenizer=args.tokenizer,
       text_cache=args.text_cache, use_text_cache=not args.no_text_cache, vae=args.vae, video=not args.no_video,
       fps=args.fps, video_scale=args.video_scale)
-  _compile_cache(args)
+  compile_cache.setup(args.compile_cache, args.no_compile_cache)
   s = generate_request(req, args.out, force=args.force, progress=not args.quiet, mesh=_mesh(args))
   _leader_prints({k: s[k] for k in ("frames", "samples", "chunks", "compile_count", "chunk_step_from", "seconds",
                                     "peak_bytes", "peak_bytes_source")}
@@ -93,8 +89,9 @@ def cmd_generate(args) -> int:
 
 
 def cmd_sweep(args) -> int:
+  from rf_jax import compile_cache
   from rf_jax.sweep import load_sweep, run_sweep
-  _compile_cache(args)
+  compile_cache.setup(args.compile_cache, args.no_compile_cache)
   sweep = load_sweep(args.sweep)
   _leader_prints({**run_sweep(sweep, args.out, mesh=_mesh(args), progress=not args.quiet),
                   "out": os.path.abspath(args.out)})
@@ -187,7 +184,16 @@ def build_parser() -> argparse.ArgumentParser:
                    ("--vae", dict(help="Wan VAE checkpoint folder: decode to mp4 during the rollout")),
                    ("--no-video", dict(action="store_true", help="write latents only (no VAE decode)")),
                    ("--fps", dict(type=int, default=16, help="mp4 frame rate (default 16, Wan's)")),
-                   ("--video-scale", dict(type=int, help="upscale written frames N times (default 1; 8 for pixels)"))):
+                   ("--video-scale", dict(type=int, help="upscale written frames N times (default 1; 8 for pixels)")),
+                   ("--switch", dict(action="append", metavar="FRAME:TEXT", help="from latent FRAME on, this prompt "
+                                     "(repeat; the memory is re-cached, see --recache)")),
+                   ("--prompt-schedule", dict(metavar="FILE", help='a JSON list of {"frame": F, "prompt": TEXT}')),
+                   ("--recache", dict(choices=[r.value for r in Recache], default=Recache.WINDOW.value,
+                                      help="at a switch: re-run the window's frames with the new prompt (LongLive)")),
+                   ("--no-global-sink", dict(action="store_true", help="a re-cache rebuilds the sink too")),
+                   ("--image", dict(help="image-to-video: this image (png, jpg, ...) is the first frame")),
+                   ("--init-video", dict(help="extend this video (mp4): its frames come first")),
+                   ("--init-latents", dict(help="start from these latents (.npy [n, C, H, W], latents.npy's)"))):
     t.add_argument(flag, **kw)
   p.add_argument("--batch", type=int, default=1, help="samples per compiled rollout (with prompts: at most this many)")
   p.add_argument("--latent-hw", type=int, nargs=2, metavar=("H", "W"),

@@ -82,3 +82,8 @@ def _listen() -> None:
       _events["misses"] += 1
 
   monitoring.register_event_listener(on_event)
+
+
+def setup(directory: str | None = None, disabled: bool = False) -> str | None:
+  """The command line's --compile-cache DIR / --no-compile-cache: `configure(resolve_dir(...))`."""
+  return configure(resolve_dir(directory, disabled))

@@ -35,14 +35,14 @@ import numpy as np
 from rf_jax import pipeline
 from rf_jax.config import ComputeDtype
 from rf_jax.io import LatentWriter, shared_directory, write_json_atomic
-from rf_jax.memory import Policy, policy_from_dict, policy_to_dict
+from rf_jax.memory import Geometry, Policy, policy_from_dict, policy_to_dict
 from rf_jax.metrics import FrameStats, motion_plot
 from rf_jax.ops import AttnImpl
 from rf_jax.parallel.distributed import barrier, is_leader
 from rf_jax.parallel import placement
 from rf_jax.progress import progress_bar
 from rf_jax.runinfo import peak_bytes, run_info
-from rf_jax.sampling import Rollout, Sampler, random_text, seed_keys, text_rows
+from rf_jax.sampling import PromptSchedule, Recache, Rollout, Sampler, random_text, seed_keys, text_rows
 from rf_jax.video import StreamDecoder
 
 DEFAULT_STEPS = (1000, 750, 500, 250)  # Self-Forcing's distilled 4-step list
@@ -88,6 +88,116 @@ class GenerateRequest:
   video: bool = True
   fps: int = 16
   video_scale: int | None = None
+  switches: tuple[tuple[int, str], ...] = ()  # (latent frame, prompt): the prompt from that frame on
+  recache: Recache = Recache.WINDOW
+  global_sink: bool = True
+  image: str | None = None  # image-to-video: the first frame
+  init_video: str | None = None  # video extension: the video's frames first
+  init_latents: str | None = None  # .npy of latents [n, C, H, W] or [1, n, C, H, W] (latents.npy's layout)
+
+
+def parse_switch(text: str) -> tuple[int, str]:
+  """--switch FRAME:PROMPT -> (frame, prompt)."""
+  frame, sep, prompt = text.partition(":")
+  try:
+    value = int(frame)
+  except ValueError:
+    value = None
+  if not sep or value is None:
+    raise ValueError(f"--switch {text!r}: expected FRAME:PROMPT (a latent frame, then the prompt)")
+  if not prompt.strip():
+    raise ValueError(f"--switch {text!r}: the prompt is empty")
+  return value, prompt
+
+
+def load_prompt_schedule(path: str) -> tuple[str, tuple[tuple[int, str], ...]]:
+  """--prompt-schedule FILE.json: [{"frame": 0, "prompt": "..."}, {"frame": 30, "prompt": "..."}, ...] ->
+  (the first prompt, the switches)."""
+  import json
+  try:
+    with open(path, encoding="utf-8") as fh:
+      rows = json.load(fh)
+  except FileNotFoundError:
+    raise ValueError(f"--prompt-schedule {path}: no such file") from None
+  except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    raise ValueError(f"--prompt-schedule {path}: not valid JSON ({e})") from None
+  if not isinstance(rows, list) or not rows or not all(isinstance(r, dict) and set(r) == {"frame", "prompt"}
+                                                       for r in rows):
+    raise ValueError(f"--prompt-schedule {path}: expected a list of {{\"frame\": F, \"prompt\": TEXT}}")
+  if rows[0]["frame"] != 0:
+    raise ValueError(f"--prompt-schedule {path}: the first prompt must start at frame 0")
+  for r in rows:
+    if not isinstance(r["frame"], int) or not isinstance(r["prompt"], str) or not r["prompt"].strip():
+      raise ValueError(f"--prompt-schedule {path}: {r} needs an integer frame and a non-empty prompt")
+  return rows[0]["prompt"], tuple((r["frame"], r["prompt"]) for r in rows[1:])
+
+
+def prompt_schedule(prompts: list[str], switches: list[str] | None, schedule_file: str | None
+                    ) -> tuple[list[str], tuple[tuple[int, str], ...]]:
+  """The command line's text: (prompts, switches) from --prompt/--prompts, --switch FRAME:TEXT and
+  --prompt-schedule FILE (alone)."""
+  parsed = tuple(parse_switch(s) for s in switches or ())
+  if not schedule_file:
+    return prompts, parsed
+  if prompts or parsed:
+    raise ValueError("give --prompt-schedule alone, or --prompt with --switch")
+  first, parsed = load_prompt_schedule(schedule_file)
+  return [first], parsed
+
+
+def check_switches(switches, total_frames: int) -> PromptSchedule:
+  """The schedule of `switches`, refused when a frame is out of order or past the video's end."""
+  frames = [f for f, _ in switches]
+  if any(b <= a for a, b in zip(frames, frames[1:])):
+    raise ValueError(f"switch frames {frames} are not sorted (each switch must come after the one before)")
+  schedule = PromptSchedule(tuple(frames))
+  schedule.check(total_frames)
+  return schedule
+
+
+def read_initial(req: "GenerateRequest", *, latent_hw: tuple[int, int], stride: tuple[int, int] | None,
+                 in_dim: int, chunk_frames: int) -> tuple[np.ndarray | None, str | None]:
+  """The given frames a video starts from, read and checked before any model is loaded: (float32 [1, n, ...],
+  what they are). Latents [1, n, Hl, Wl, C]; pixels [1, n, H, W, 3] in [-1, 1] for a VAE (`stride` = its
+  (temporal, spatial) strides) to encode, or as they are for a pixel-space model (`stride` None)."""
+  from rf_jax.sampling.rollout import initial_blocks
+  from rf_jax.video import fit_frames, read_image, read_video
+  given = [x for x in (req.image, req.init_video, req.init_latents) if x]
+  if len(given) > 1:
+    raise ValueError("give one of --image, --init-video and --init-latents")
+  if not given:
+    return None, None
+  hl, wl = latent_hw
+  t_stride, s_stride = stride or (1, 1)
+  if req.init_latents:
+    try:
+      arr = np.load(req.init_latents, allow_pickle=False)
+    except FileNotFoundError:
+      raise ValueError(f"--init-latents {req.init_latents}: no such file") from None
+    except ValueError as e:
+      raise ValueError(f"--init-latents {req.init_latents}: not a plain .npy array ({e})") from None
+    arr = arr[None] if arr.ndim == 4 else arr
+    if arr.ndim != 5 or arr.shape[0] != 1 or arr.shape[2:] != (in_dim, hl, wl):
+      raise ValueError(f"--init-latents {req.init_latents}: shape {arr.shape}; expected [n, {in_dim}, {hl}, {wl}] "
+                       f"or [1, n, {in_dim}, {hl}, {wl}]")
+    if not np.issubdtype(arr.dtype, np.floating) or not np.all(np.isfinite(arr)):
+      raise ValueError(f"--init-latents {req.init_latents}: expected finite floating-point values")
+    frames, what = np.moveaxis(arr.astype(np.float32), 2, -1), "latents"
+  elif req.image:
+    frames = fit_frames(read_image(req.image)[None], hl * s_stride, wl * s_stride, what=f"--image {req.image}")[None]
+    what = "image"
+  else:
+    pixels = read_video(req.init_video)
+    if stride is not None and (pixels.shape[0] - 1) % t_stride:
+      pixels = pixels[:1 + (pixels.shape[0] - 1) // t_stride * t_stride]  # the VAE encodes 1 + 4k frames
+    frames = fit_frames(pixels, hl * s_stride, wl * s_stride, what=f"--init-video {req.init_video}")[None]
+    what = "video"
+  n = frames.shape[1] if what == "latents" or stride is None else 1 + (frames.shape[1] - 1) // t_stride
+  try:
+    initial_blocks(n, chunk_frames)
+  except ValueError as e:
+    raise ValueError(f"--{'init-latents' if what == 'latents' else 'init-video'}: {e}") from None
+  return frames, what
 
 
 def resolve_policy(req: GenerateRequest, demo_info: dict | None) -> Policy:
@@ -118,6 +228,8 @@ def generate_request(req: GenerateRequest, out: str, *, force: bool = False, pro
   prompts = list(req.prompts)
   if prompts and req.text_embeddings:
     raise ValueError("give text as --prompt/--prompts or as --text-embeddings, not both")
+  if req.switches and len(prompts) != 1:
+    raise ValueError("prompt switches need exactly one starting prompt (--prompt TEXT, then --switch FRAME:TEXT)")
   demo_info = None
   if req.source.origin is pipeline.DiTOrigin.DEMO:
     from rf_jax import demo
@@ -131,8 +243,28 @@ def generate_request(req: GenerateRequest, out: str, *, force: bool = False, pro
                                      vae=req.vae)
   dit_config = req.source.config()
   sampler = resolve_sampler(req, demo_info)
+  frames = req.frames if req.frames is not None else (demo_info["default_frames"] if demo_info
+                                                      else pipeline.DEFAULT_FRAMES)
+  if frames < 1:
+    raise ValueError(f"--frames {frames} must be positive")
+  latent_hw = tuple(req.latent_hw or req.source.default_latent_hw())
   # Pixel-space models (the demo, and what `rf-jax train` makes: RGB in and out) are unconditional: zero text.
   pixels = demo_info is not None or dit_config.out_dim == 3
+  vae_strides = None
+  if not pixels and sources.vae is not None:
+    vae_config = pipeline.vae_config(sources.vae)
+    vae_strides = (vae_config.temporal_stride, vae_config.spatial_stride)
+  if (req.image or req.init_video) and not pixels and vae_strides is None:
+    raise ValueError("--image and --init-video need the VAE to encode them (give --vae DIR or a pipeline "
+                     "--checkpoint), or give --init-latents")
+  initial, initial_kind = read_initial(req, latent_hw=latent_hw, stride=None if pixels else vae_strides,
+                                       in_dim=dit_config.in_dim, chunk_frames=sampler.chunk_frames)
+  n0 = 0 if initial is None else (initial.shape[1] if initial_kind == "latents" or pixels
+                                  else 1 + (initial.shape[1] - 1) // vae_strides[0])
+  schedule = check_switches(req.switches, n0 + sampler.whole_chunks(frames)) if req.switches else None
+  if schedule and req.recache is Recache.WINDOW:  # a policy that cannot re-cache says so now, not after loading
+    policy.recache_width(Geometry(1, 1, 1, 1, 1, sampler.chunk_frames, n0 + sampler.whole_chunks(frames)))
+  prompts += [text for _, text in req.switches]
   text, text_info = None, {}
   if prompts:  # encode first: the text encoder is dropped before the DiT is loaded
     encoder = pipeline.prompt_encoder(sources, dit_config, seed=req.seed,
@@ -155,14 +287,19 @@ def generate_request(req: GenerateRequest, out: str, *, force: bool = False, pro
     else:
       vae = pipeline.load_vae(sources.vae, dit_config, seed=req.seed)
       source["vae"] = sources.vae
-  frames = req.frames if req.frames is not None else (demo_info["default_frames"] if demo_info
-                                                      else pipeline.DEFAULT_FRAMES)
-  spec = GenerateSpec(frames=frames, seed=req.seed, batch=req.batch if not prompts else min(req.batch, len(prompts)),
-                      latent_hw=tuple(req.latent_hw or req.source.default_latent_hw()), fps=req.fps,
+  if initial is not None and initial_kind != "latents" and not pixels:  # pixels -> latents through the VAE
+    encoder = vae or pipeline.load_vae(sources.vae, dit_config, seed=req.seed)
+    initial = np.asarray(encoder.encode(jnp.asarray(initial)), np.float32)  # [1, n, Hl, Wl, C]
+  batch = 1 if schedule else req.batch if not prompts else min(req.batch, len(prompts))
+  spec = GenerateSpec(frames=frames, seed=req.seed, batch=batch, latent_hw=latent_hw, fps=req.fps,
                       video_scale=req.video_scale or (8 if pixels else 1))
+  if initial_kind:
+    source["initial"] = {"kind": initial_kind, "file": req.image or req.init_video or req.init_latents,
+                         "latent_frames": int(initial.shape[1])}
   return generate(model, policy, sampler, spec, out, text_embeddings=text, prompts=prompts or None, vae=vae,
                   pixels=pixels and req.video, force=force, progress=progress, mesh=mesh,
-                  extra_summary={"source": source, **text_info})
+                  extra_summary={"source": source, **text_info}, initial=initial, schedule=schedule,
+                  recache=req.recache, global_sink=req.global_sink)
 
 
 def video_names(n: int) -> list[str]:
@@ -172,7 +309,9 @@ def video_names(n: int) -> list[str]:
 def generate(model, policy: Policy, sampler: Sampler, spec: GenerateSpec, out: str, *,
              text_embeddings: np.ndarray | None = None, prompts: list[str] | None = None, vae=None,
              pixels: bool = False, force: bool = False, progress: bool = True, mesh: jax.sharding.Mesh | None = None,
-             extra_summary: dict[str, Any] | None = None) -> dict[str, Any]:
+             extra_summary: dict[str, Any] | None = None, initial: np.ndarray | None = None,
+             schedule: PromptSchedule | None = None, recache: Recache = Recache.WINDOW,
+             global_sink: bool = True) -> dict[str, Any]:
   """Runs the rollouts and writes OUT atomically; returns the summary.
 
   text_embeddings: float32 [N, P, text_dim] (N samples; P <= text_len rows, zero-padded), or None for `batch`
@@ -181,6 +320,10 @@ def generate(model, policy: Policy, sampler: Sampler, spec: GenerateSpec, out: s
   pixels: the model works in pixel space (the demo): its frames are written as they are (no VAE).
   With a `mesh`, the rollout runs sharded on it (placement.py); with several processes each writes only its own
   samples' latents and videos, and process 0 the JSON files.
+  initial: float32 [N or 1, n, Hl, Wl, C] given frames the video starts from (image-to-video: n = 1; extension),
+    copied to the output; spec.frames are generated after them.
+  schedule: prompt switches; text_embeddings are then [K, P, text_dim], the K prompts of one video, and at each
+    switch the memory is re-cached (`recache`, `global_sink`; rf_jax.sampling.switching).
   """
   cfg = model.config
   f = sampler.chunk_frames
@@ -194,17 +337,25 @@ def generate(model, policy: Policy, sampler: Sampler, spec: GenerateSpec, out: s
   else:
     context = np.asarray(text_embeddings)
     text_source = "prompts" if prompts else "file"
+  schedule = schedule or PromptSchedule()
+  switching = schedule.num_prompts > 1
+  if switching:  # one video, K prompts: [K, 1, P, D]
+    if context.ndim != 3 or context.shape[0] != schedule.num_prompts or spec.batch != 1:
+      raise ValueError(f"prompt switches need {schedule.num_prompts} prompts for one video (--batch 1)")
+    context = context[:, None]
+  n0 = 0 if initial is None else initial.shape[1]
   # One compiled step for every batch of prompts: the prompt rows kept are the most any prompt needs.
   rollout = Rollout(model, policy, sampler, batch=spec.batch, latent_hw=spec.latent_hw, frames=generated,
-                    mesh=mesh, text_rows=text_rows(context))
-  n = context.shape[0]
+                    mesh=mesh, text_rows=text_rows(context.reshape(-1, *context.shape[-2:])), initial_frames=n0,
+                    recache=recache, global_sink=global_sink)
+  n = context.shape[1] if switching else context.shape[0]
   if prompts is None and n != spec.batch:
     raise ValueError(f"{n} text embeddings for --batch {spec.batch}")
   # With prompts every sample draws the seed's noise alone (sample_noise: one key per sample); otherwise one key
   # draws the whole batch's noise, as before prompts existed.
   keys = jnp.stack([noise_key] * spec.batch) if prompts else noise_key
   hl, wl = spec.latent_hw
-  shape = (n, spec.frames, cfg.out_dim, hl, wl)
+  shape = (n, n0 + spec.frames, cfg.out_dim, hl, wl)
   video = vae is not None or pixels
   names = video_names(n) if video else []
   chunks: list[dict[str, Any]] = []
@@ -219,34 +370,43 @@ def generate(model, policy: Policy, sampler: Sampler, spec: GenerateSpec, out: s
       LatentWriter.create(latents_path, shape)
     barrier("rf_jax.generate.latents")
     writer = LatentWriter(latents_path, shape)
-    decoder = (StreamDecoder(vae, rollout.chunk_shape, tmp, names, spec.frames, spec.fps, spec.video_scale)
+    decoder = (StreamDecoder(vae, rollout.chunk_shape, tmp, names, n0 + spec.frames, spec.fps, spec.video_scale)
                if video else None)
+    plan = schedule.chunk_prompts([n0 + j * f for j in range(rollout.num_chunks)])
     t0 = time.perf_counter()
     try:
       for gi, (start, count) in enumerate(groups):
         rows = [min(start + i, n - 1) for i in range(spec.batch)]  # the last group is padded by repeats
+        given = None if initial is None else initial[[min(r, initial.shape[0] - 1) for r in rows]]
+        if given is not None and is_leader():  # the given frames open every video, copied
+          for i in range(count):
+            writer.write(0, np.moveaxis(given[i:i + 1], -1, 2), start + i)
+            if decoder is not None:
+              stats.setdefault(start + i, FrameStats()).update(decoder.add(start + i, 0, given[i]))
 
         def on_chunk(j, chunk_out, gi=gi, start=start, count=count):
           keep = min(f, spec.frames - j * f)
+          index = j + (n0 > 0)  # the decoder's chunk index: the given frames were its first
           for first, block in placement.host_rows(chunk_out.latents):  # this process's samples
             real = max(0, min(block.shape[0], count - first))
             if real == 0:
               continue
-            writer.write(j * f, np.moveaxis(block[:real, :keep], -1, 2), start + first)  # -> [b, F, C, H, W]
+            writer.write(n0 + j * f, np.moveaxis(block[:real, :keep], -1, 2), start + first)  # [b, F, C, H, W]
             if decoder is not None:
               for i in range(real):
                 sample = start + first + i
-                frames = decoder.add(sample, j, block[i])
+                frames = decoder.add(sample, index, block[i])
                 stats.setdefault(sample, FrameStats()).update(frames)
           if gi == 0:
-            chunks.append({"chunk": j, "frames": [j * f, j * f + f - 1],
+            chunks.append({"chunk": j, "frames": [n0 + j * f, n0 + j * f + f - 1], "prompt": plan[j][0],
                            **policy.describe(j, chunk_out.trace, chunk_out.calls)})
           times.append(time.perf_counter())
           if j > 0:
             bar.set_postfix_str(f"{(times[-1] - times[-2]) * 1e3:.0f} ms/chunk", refresh=False)
           bar.update(1)
 
-        rollout.run(context[rows], key=keys, on_chunk=on_chunk)
+        rollout.run(context[:, rows] if switching else context[rows], key=keys, on_chunk=on_chunk, initial=given,
+                    schedule=schedule)
         if decoder is not None:
           decoder.finish()
     except BaseException:
@@ -270,7 +430,9 @@ def generate(model, policy: Policy, sampler: Sampler, spec: GenerateSpec, out: s
         "frames": spec.frames, "generated_frames": generated, "chunks": rollout.num_chunks, "chunk_frames": f,
         "batch": spec.batch, "samples": n,
         "latent_hw": list(spec.latent_hw), "seed": spec.seed, "text": text_source,
-        "prompts": list(prompts) if prompts else None, "video": video_info,
+        "prompts": list(prompts) if prompts else None, "video": video_info, "initial_frames": n0,
+        "switches": rollout.switches, "recache": rollout.recache.value if switching else None,
+        "global_sink": global_sink if switching else None,
         "policy": policy_to_dict(policy), "sampler": {"timesteps": list(sampler.timesteps),
                                                       "context_noise": sampler.context_noise,
                                                       "shift": sampler.schedule.shift, "eta": sampler.eta},
@@ -287,10 +449,13 @@ def generate(model, policy: Policy, sampler: Sampler, spec: GenerateSpec, out: s
         **(extra_summary or {}),
     }
     if is_leader():
-      write_json_atomic(os.path.join(tmp, "memory_trace.json"), {"policy": policy_to_dict(policy), "chunks": chunks})
+      write_json_atomic(os.path.join(tmp, "memory_trace.json"), {"policy": policy_to_dict(policy), "chunks": chunks,
+                                                                 "initial_frames": n0, "switches": rollout.switches})
       write_json_atomic(os.path.join(tmp, "summary.json"), summary)
     if stats and jax.process_count() == 1:
       write_json_atomic(os.path.join(tmp, "motion.json"), {"fps": spec.fps, "samples": {
           str(k): v.to_dict() for k, v in sorted(stats.items())}})
-      motion_plot(stats, spec.fps, os.path.join(tmp, "motion.png"))
+      stride = 1 if vae is None else vae.config.temporal_stride
+      marks = [(1 + stride * (e["frame"] - 1) if e["frame"] else 0) / spec.fps for e in rollout.switches]
+      motion_plot(stats, spec.fps, os.path.join(tmp, "motion.png"), markers=marks)
   return summary

@@ -139,8 +139,9 @@ class FrameStats:
     return {"motion": self.motion, "consistency": self.consistency}
 
 
-def motion_plot(stats: dict[int, FrameStats], fps: int, path: str) -> None:
-  """Per-frame motion and colour consistency of each sample over time, as a PNG."""
+def motion_plot(stats: dict[int, FrameStats], fps: int, path: str, markers: list[float] = ()) -> None:
+  """Per-frame motion and colour consistency of each sample over time, as a PNG; `markers`: times (seconds) drawn
+  as dashed lines (the prompt switches)."""
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
@@ -155,6 +156,10 @@ def motion_plot(stats: dict[int, FrameStats], fps: int, path: str) -> None:
   axes[1].set_ylim(0, 1.02)
   for ax in axes:
     ax.grid(alpha=0.3)
+    for m in markers:
+      ax.axvline(m, color="k", ls="--", lw=0.8)
+  if markers:
+    axes[0].text(markers[0], axes[0].get_ylim()[1], " prompt switch", fontsize=7, va="top")
   if len(stats) > 1:
     axes[0].legend(fontsize=7)
   fig.tight_layout()

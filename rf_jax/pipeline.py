@@ -91,11 +91,16 @@ def random_model(kind: str, seed: int, *, dtype=None, attn_impl: AttnImpl | str 
   import jax.numpy as jnp
   from flax import nnx
   from rf_jax.registry import KINDS
+  return KINDS[kind].build(random_model_config(kind), dtype=dtype or jnp.float32, attn_impl=attn_impl,
+                           rngs=nnx.Rngs(seed))
+
+
+def random_model_config(kind: str):
+  """The config of the tiny random model of `kind` ("dit", "umt5", "vae")."""
   from rf_jax.config import TINY
   from rf_jax.text.umt5 import UMT5_TINY
   from rf_jax.vae.wan_vae import VAE_TINY
-  config = {"dit": TINY, "umt5": UMT5_TINY, "vae": VAE_TINY}[kind]
-  return KINDS[kind].build(config, dtype=dtype or jnp.float32, attn_impl=attn_impl, rngs=nnx.Rngs(seed))
+  return {"dit": TINY, "umt5": UMT5_TINY, "vae": VAE_TINY}[kind]
 
 
 def tiny_tokenizer():
@@ -165,6 +170,12 @@ def prompt_encoder(sources: Sources, dit_config, *, seed: int, cache_dir: str | 
     raise ValueError(f"the tokenizer ({tokenizer.source}) has {vocab} tokens; the text encoder's table only "
                      f"{config.vocab}")
   return PromptEncoder(tokenizer, load, identity=identity, cache_dir=cache_dir)
+
+
+def vae_config(source: str):
+  """The VAE's config (its strides: how pixels map to latents), read without loading it."""
+  from rf_jax import checkpoint
+  return random_model_config("vae") if source == RANDOM else checkpoint.load_config(source, "vae")
 
 
 def load_vae(source: str, dit_config, *, seed: int):

@@ -164,3 +164,46 @@ class StreamDecoder:
     for writer, *_ in self._open.values():
       writer.__exit__(RuntimeError, None, None)
     self._open.clear()
+
+
+def read_image(path: str) -> np.ndarray:
+  """An image file (png, jpg, ... through Pillow) -> uint8 [H, W, 3]."""
+  from PIL import Image, UnidentifiedImageError
+  try:
+    with Image.open(path) as im:
+      return np.asarray(im.convert("RGB"))
+  except FileNotFoundError:
+    raise ValueError(f"--image {path}: no such file") from None
+  except (UnidentifiedImageError, OSError) as e:
+    raise ValueError(f"--image {path}: not a readable image ({e})") from None
+
+
+def read_video(path: str) -> np.ndarray:
+  """Every frame of a video file (through ffmpeg) -> uint8 [T, H, W, 3]."""
+  if not os.path.isfile(path):
+    raise ValueError(f"--init-video {path}: no such file")
+  try:
+    info = probe(path)
+  except ValueError as e:
+    raise ValueError(f"--init-video {e}") from None
+  res = subprocess.run([ffmpeg_exe(), "-hide_banner", "-nostats", "-i", path, "-map", "0:v:0", "-f", "rawvideo",
+                        "-pix_fmt", "rgb24", "-"], capture_output=True)
+  h, w = info["height"], info["width"]
+  return np.frombuffer(res.stdout, np.uint8)[:info["frames"] * h * w * 3].reshape(-1, h, w, 3)
+
+
+def fit_frames(frames: np.ndarray, height: int, width: int, *, what: str) -> np.ndarray:
+  """uint8 frames [T, H, W, 3] -> float32 [T, height, width, 3] in [-1, 1]: scaled down (Lanczos) until they cover
+  height x width, then centre-cropped. Frames smaller than that are refused (`what` names the input)."""
+  from PIL import Image
+  t, h, w, _ = frames.shape
+  if h < height or w < width:
+    raise ValueError(f"{what}: {w}x{h} pixels is smaller than the video's {width}x{height}")
+  scale = max(height / h, width / w)
+  size = (max(width, round(w * scale)), max(height, round(h * scale)))
+  top, left = (size[1] - height) // 2, (size[0] - width) // 2
+  out = []
+  for frame in frames:
+    im = Image.fromarray(frame).resize(size, Image.Resampling.LANCZOS)
+    out.append(np.asarray(im)[top:top + height, left:left + width])
+  return np.stack(out).astype(np.float32) / 127.5 - 1.0

@@ -329,3 +329,165 @@ def write_rollout_folder(path, args, *, latent_hw, chunks, chunk, raw_steps, see
   with open(os.path.join(path, "config.json"), "w") as fh:
     json.dump(config, fh, indent=2)
   return path
+
+
+def rollout_conditioned(sd, args, noise, prompts, renoise, steps, *, chunk, window, sink, initial=None,
+                        switches=(), global_sink=True):
+  """The reference window pipeline with given initial frames (Self-Forcing's initial_latent) and prompt switches
+  with LongLive's re-cache, written from the fixture READMEs' rules, in float64.
+
+  noise [B, frames, C, H, W] (generated frames only); prompts [K, B, P, D]; initial [B, n0, C, H, W] or None.
+  The cache is a list of entries {frame, kv per layer, prompt, sink}; before a chunk it keeps the sink entries and
+  the newest `window - chunk - sink` others. A switch at chunk start c (>= its frame, one per chunk) re-runs the
+  output frames st .. c-1 (st = c - min(window, c)) at t = 0 with the new prompt in one unmasked call, keeping the
+  sink entries when global_sink and st > 0 (then frames st .. st+sink-1 are skipped: nothing would read them).
+  """
+  b, frames, c, h, w = noise.shape
+  layers = args["num_layers"]
+  n0 = 0 if initial is None else initial.shape[1]
+  sigma = lambda t: scheduler_sigma(np.full((1,), t))[0]  # noqa: E731
+  output = np.zeros((b, n0 + frames, c, h, w))
+  if initial is not None:
+    output[:, :n0] = initial
+  cache = []
+
+  def memory(entries):
+    if not entries:
+      return [(np.zeros((b, 0, args["num_heads"], args["dim"] // args["num_heads"])),) * 2] * layers
+    return [tuple(np.concatenate([e["kv"][i][m] for e in entries], axis=1) for m in (0, 1)) for i in range(layers)]
+
+  def run(x, t, ctx, entries, start):  # x [B, F, C, H, W] -> (x0, flow, the call's per-frame kv)
+    f = x.shape[1]
+    flow, acts = forward_train(sd, args, x.transpose(0, 2, 1, 3, 4), np.full((b, f), t), ctx, chunk=f,
+                               cache=memory(entries), start_frame=start)
+    flow = flow.transpose(0, 2, 1, 3, 4)
+    fsl = acts["kv"][0][0].shape[1] // f
+    per = [[(k[:, i * fsl:(i + 1) * fsl], v[:, i * fsl:(i + 1) * fsl]) for k, v in acts["kv"]] for i in range(f)]
+    return x - sigma(t) * flow, flow, per
+
+  def evict(new_frames):
+    nonlocal cache
+    if window == -1:
+      return
+    keep = window - new_frames - sum(e["sink"] for e in cache)
+    rest = [e for e in cache if not e["sink"]]
+    cache = [e for e in cache if e["sink"]] + (rest[-keep:] if keep > 0 else [])
+
+  out = {"call_x0_pred": [], "kv_after_chunk": [], "init": [], "recache": []}
+  blocks = ([(0, 1)] if n0 % chunk == 1 and chunk > 1 else [])
+  blocks += [(i, chunk) for i in range(len(blocks), n0, chunk)]
+  for first, count in blocks:
+    evict(count)
+    x0, flow, per = run(initial[:, first:first + count], 0.0, prompts[0], cache, first)
+    cache += [{"frame": first + i, "kv": per[i], "prompt": 0, "sink": first + i < sink} for i in range(count)]
+    out["init"].append({"x0": x0, "flow": flow, "cache": list(cache)})
+  k, chunks = 0, frames // chunk
+  chunk_prompt, switch_chunks = [], []
+  for j in range(chunks):
+    start = n0 + j * chunk
+    if k < len(switches) and start >= switches[k]:
+      k += 1
+      switch_chunks.append(j)
+      if start > 0:
+        n = start if window == -1 else min(window, start)
+        st = start - n
+        keep = global_sink and st > 0
+        first = st + sink if keep else st
+        kept = [e for e in cache if e["sink"]] if keep else []
+        _, _, per = run(output[:, first:start], 0.0, prompts[k], kept, first)
+        cache = kept + [{"frame": first + i, "kv": per[i], "prompt": k, "sink": (not keep) and i < sink}
+                        for i in range(start - first)]
+        out["recache"].append({"frames": np.arange(st, start), "cache": list(cache)})
+    chunk_prompt.append(k)
+    evict(chunk)
+    x = noise[:, j * chunk:(j + 1) * chunk].astype(np.float64)
+    for i, t in enumerate(list(steps) + [0.0]):
+      x0, _, per = run(x, t, prompts[k], cache, start)
+      out["call_x0_pred"].append(x0)
+      if i < len(steps) - 1:
+        eps = renoise[j * (len(steps) - 1) + i].reshape(b, chunk, c, h, w)
+        x = (1 - sigma(steps[i + 1])) * x0 + sigma(steps[i + 1]) * eps
+      elif i == len(steps) - 1:
+        output[:, start:start + chunk] = x0
+        x = x0
+    cache += [{"frame": start + i, "kv": per[i], "prompt": k, "sink": start + i < sink} for i in range(chunk)]
+    out["kv_after_chunk"].append(list(cache))
+  return output, out, chunk_prompt, switch_chunks
+
+
+def _cache_arrays(entries, slots, layers):
+  """Entries in slot order (sinks first) -> k, v [L, B, slots*fsl, N, H] (zeros past them), frame and prompt tables."""
+  entries = [e for e in entries if e["sink"]] + [e for e in entries if not e["sink"]]
+  k0 = entries[0]["kv"][0][0]
+  b, fsl, n, hd = k0.shape
+  k = np.zeros((layers, b, slots * fsl, n, hd))
+  v = np.zeros_like(k)
+  for s, e in enumerate(entries):
+    for i in range(layers):
+      k[i, :, s * fsl:(s + 1) * fsl], v[i, :, s * fsl:(s + 1) * fsl] = e["kv"][i]
+  frame = np.full(slots, -1)
+  prompt = np.full(slots, -1)
+  frame[:len(entries)] = [e["frame"] for e in entries]
+  prompt[:len(entries)] = [e["prompt"] for e in entries]
+  return k, v, frame, prompt
+
+
+def write_conditioned_folder(path, args, *, latent_hw, chunks, chunk, window, sink, raw_steps, initial_frames=0,
+                             prompts=1, switches=(), seed=0):
+  """A folder in the LL format (prompts > 1: config `interactive`, rollout.npz with global_sink true and
+  rollout_nogs.npz with false) or the I2V format (config `rollouts`), from `rollout_conditioned`."""
+  from safetensors.numpy import save_file
+  os.makedirs(path, exist_ok=True)
+  rng = np.random.default_rng(seed + 11)
+  sd = random_state_dict(args, seed)
+  save_file(sd, os.path.join(path, "model.safetensors"))
+  h, w = latent_hw
+  c, layers, f32 = args["in_dim"], args["num_layers"], (lambda a: np.asarray(a, np.float32))
+  noise = f32(rng.normal(size=(1, chunks * chunk, c, h, w)))
+  renoise = f32(rng.normal(size=(chunks * (len(raw_steps) - 1), chunk, c, h, w)))
+  ctx = f32(rng.normal(size=(prompts, 1, args["text_len"], args["text_dim"])))
+  ctx[:, :, args["text_len"] - 2:] = 0
+  initial = f32(rng.normal(size=(1, initial_frames, c, h, w))) if initial_frames else None
+  steps = warped_steps(raw_steps)
+  _, ph, pw = args["patch_size"]
+  fsl = (h // ph) * (w // pw)
+  memory = {"policy": "window", "window_frames": window, "sink_frames": sink}
+  config = {"constructor_args": {**args, "patch_size": list(args["patch_size"])}, "latent_hw": list(latent_hw),
+            "frame_seq_length": fsl, "num_frame_per_block": chunk, "memory": memory,
+            "pipeline_args": {"denoising_step_list": list(raw_steps), "warp_denoising_step": True, "context_noise": 0,
+                              "num_frame_per_block": chunk},
+            "scheduler": {"shift": 5.0, "sigma_min": 0.0, "extra_one_step": True, "num_train_timesteps": 1000}}
+  runs = [("rollout.npz", True), ("rollout_nogs.npz", False)] if prompts > 1 else [("rollout_cond.npz", True)]
+  for name, global_sink in runs:
+    output, out, chunk_prompt, switch_chunks = rollout_conditioned(
+        sd, args, noise, ctx, renoise, steps, chunk=chunk, window=window, sink=sink, initial=initial,
+        switches=list(switches), global_sink=global_sink)
+    arrays = {"noise": noise, "renoise": renoise, "final_latents": f32(output),
+              "call_x0_pred": f32(np.stack(out["call_x0_pred"])), "denoising_step_list": steps}
+    caches = [_cache_arrays(e, window, layers) for e in out["kv_after_chunk"]]
+    names = ("kv_after_chunk_k", "kv_after_chunk_v", "kv_after_chunk_slot_frame", "kv_after_chunk_slot_prompt")
+    for i, key in enumerate(names[:4 if prompts > 1 else 3]):
+      arrays[key] = np.stack([x[i] for x in caches]).astype(np.float32 if i < 2 else np.int64)
+    if prompts > 1:
+      arrays.update(prompt_embeds=ctx, switch_frame_indices=np.asarray(switches), chunk_prompt=np.asarray(chunk_prompt),
+                    switch_chunk=np.asarray(switch_chunks),
+                    switch_effective_frame=np.asarray([initial_frames + j * chunk for j in switch_chunks]))
+      for s, rc in enumerate(out["recache"]):
+        k, v, frame, prompt = _cache_arrays(rc["cache"], window, layers)
+        arrays.update({f"recache{s}_frames": rc["frames"], f"recache{s}_kv_k": f32(k), f"recache{s}_kv_v": f32(v),
+                       f"recache{s}_slot_frame": frame, f"recache{s}_slot_prompt": prompt,
+                       f"recache{s}_input": f32(output[:, rc["frames"]])})
+      config["interactive"] = {"switch_frame_indices": list(switches), "global_sink_rollout_npz": True,
+                               "global_sink_rollout_nogs_npz": False}
+    else:
+      arrays.update(context=ctx[0], initial_latent=initial, output_frame_source=np.asarray(
+          [0] * initial_frames + [1] * (chunks * chunk)))
+      for i, init in enumerate(out["init"]):
+        k, v, frame, _ = _cache_arrays(init["cache"], window, layers)
+        arrays.update({f"init{i}_x0_pred": f32(init["x0"]), f"init{i}_flow_pred": f32(init["flow"]),
+                       f"init{i}_kv_k": f32(k), f"init{i}_kv_v": f32(v), f"init{i}_slot_frame": frame})
+      config["rollouts"] = {"cond": {"file": name, "num_initial_frames": initial_frames, "memory": memory}}
+    np.savez(os.path.join(path, name), **arrays)
+  with open(os.path.join(path, "config.json"), "w") as fh:
+    json.dump(config, fh, indent=2)
+  return path

@@ -1,0 +1,87 @@
+"""`rf-jax generate` with prompt switches and from initial frames (image, video, latents): videos of the tiny preset
+and the demo, what the trace and summary record, the schedule's rules, and bad input refused before any model."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from rf_jax import cli
+from rf_jax.sampling import PromptSchedule
+from rf_jax.sampling.rollout import initial_blocks
+
+
+def gen(*argv):
+  return cli.main(["generate", "--quiet", *argv])
+
+
+@pytest.fixture(scope="module")
+def image(tmp_path_factory):
+  from PIL import Image
+  path = tmp_path_factory.mktemp("img") / "img.png"
+  Image.fromarray((np.random.default_rng(0).random((80, 120, 3)) * 255).astype(np.uint8)).save(path)
+  return str(path)
+
+
+def test_schedule_rounds_up_to_a_chunk_and_switches_once_per_chunk():
+  plan = PromptSchedule((4, 5, 12)).chunk_prompts([0, 3, 6, 9, 12])
+  assert plan == [(0, False), (0, False), (1, True), (2, True), (3, True)]  # 4 and 5 both fall before chunk 6
+  with pytest.raises(ValueError, match="not sorted"):
+    PromptSchedule((9, 6))
+  with pytest.raises(ValueError, match="past the end"):
+    PromptSchedule((30,)).check(24)
+
+
+def test_initial_frame_counts_follow_self_forcing():
+  assert initial_blocks(1, 3) == [(0, 1)] and initial_blocks(4, 3) == [(0, 1), (1, 3)]
+  assert initial_blocks(6, 3) == [(0, 3), (3, 3)]
+  with pytest.raises(ValueError, match="2 initial frames cannot be taken with 3-frame chunks.*1, 3, 4"):
+    initial_blocks(2, 3)
+
+
+def test_prompt_switches_make_a_video_with_the_switches_recorded(tmp_path, capsys):
+  out = tmp_path / "sw"
+  assert gen("--preset", "tiny", "--memory", "window", "--window-frames", "9", "--sink-frames", "3", "--prompt", "a fox",
+             "--switch", "6:a bird", "--switch", "14:a tree", "--frames", "24", "--out", str(out)) == 0
+  summary = json.loads((out / "summary.json").read_text())
+  assert [(s["chunk"], s["frame"], s["prompt"]) for s in summary["switches"]] == [(2, 6, 1), (5, 15, 2)]
+  assert summary["switches"][1]["recached_frames"] == list(range(9, 15))  # the global sink keeps frames 0-2
+  assert summary["prompts"] == ["a fox", "a bird", "a tree"] and summary["compile_count"] == 1
+  trace = json.loads((out / "memory_trace.json").read_text())
+  assert [c["prompt"] for c in trace["chunks"]] == [0, 0, 1, 1, 1, 2, 2, 2]
+  assert {"video.mp4", "motion.png", "latents.npy"} <= set(os.listdir(out))
+  assert np.load(out / "latents.npy").shape == (1, 24, 16, 8, 8)
+
+
+def test_image_to_video_with_the_tiny_preset_and_the_demo(tmp_path, image):
+  out = tmp_path / "i2v"
+  assert gen("--preset", "tiny", "--image", image, "--frames", "6", "--out", str(out)) == 0
+  summary = json.loads((out / "summary.json").read_text())
+  assert summary["initial_frames"] == 1 and summary["latents"]["shape"][1] == 7
+  assert summary["video"]["frames"] == 1 + 4 * 6  # the image's frame, then 4 pixel frames per latent frame
+  demo = tmp_path / "demo"
+  assert gen("--image", image, "--frames", "6", "--out", str(demo)) == 0  # pixel space: the image is frame 0
+  latents = np.load(demo / "latents.npy")
+  assert latents.shape[:2] == (1, 7) and -1 <= latents[0, 0].min() and latents[0, 0].max() <= 1
+  ext = tmp_path / "ext"
+  assert gen("--preset", "tiny", "--init-video", str(out / "video.mp4"), "--frames", "3", "--out", str(ext)) == 0
+  assert json.loads((ext / "summary.json").read_text())["initial_frames"] == 7  # 25 pixel frames -> 7 latents
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--prompt", "a", "--switch", "99:b"], "switch frame 99 is past the end"),
+    (["--prompt", "a", "--switch", "9:b", "--switch", "6:c"], "not sorted"),
+    (["--prompt", "a", "--switch", "6:"], "the prompt is empty"),
+    (["--prompt", "a", "--switch", "six:b"], "expected FRAME:PROMPT"),
+    (["--image", "nope.png"], "--image nope.png: no such file"),
+    (["--init-latents", "LAT2"], "2 initial frames cannot be taken with 3-frame chunks"),
+    (["--memory", "relax", "--prompt", "a", "--switch", "6:b"], "cannot re-cache after a prompt switch"),
+])
+def test_bad_interactive_input_is_refused_before_any_model(tmp_path, capsys, monkeypatch, argv, message):
+  np.save(tmp_path / "lat2.npy", np.zeros((2, 16, 8, 8), np.float32))
+  argv = [str(tmp_path / "lat2.npy") if a == "LAT2" else a for a in argv]
+  import rf_jax.pipeline as pipeline
+  monkeypatch.setattr(pipeline, "load_dit", lambda *a, **k: pytest.fail("a model was loaded"))
+  assert gen("--preset", "tiny", "--frames", "12", "--out", str(tmp_path / "bad"), *argv) == 2
+  assert message in capsys.readouterr().err
