@@ -34,7 +34,7 @@ import numpy as np
 
 from rf_jax import pipeline
 from rf_jax.config import ComputeDtype
-from rf_jax.io import LatentWriter, shared_directory, write_json_atomic
+from rf_jax.io import LatentWriter, load_latents, shared_directory, write_json_atomic
 from rf_jax.memory import Geometry, Policy, policy_from_dict, policy_to_dict
 from rf_jax.metrics import FrameStats, motion_plot
 from rf_jax.ops import AttnImpl
@@ -170,19 +170,7 @@ def read_initial(req: "GenerateRequest", *, latent_hw: tuple[int, int], stride: 
   hl, wl = latent_hw
   t_stride, s_stride = stride or (1, 1)
   if req.init_latents:
-    try:
-      arr = np.load(req.init_latents, allow_pickle=False)
-    except FileNotFoundError:
-      raise ValueError(f"--init-latents {req.init_latents}: no such file") from None
-    except ValueError as e:
-      raise ValueError(f"--init-latents {req.init_latents}: not a plain .npy array ({e})") from None
-    arr = arr[None] if arr.ndim == 4 else arr
-    if arr.ndim != 5 or arr.shape[0] != 1 or arr.shape[2:] != (in_dim, hl, wl):
-      raise ValueError(f"--init-latents {req.init_latents}: shape {arr.shape}; expected [n, {in_dim}, {hl}, {wl}] "
-                       f"or [1, n, {in_dim}, {hl}, {wl}]")
-    if not np.issubdtype(arr.dtype, np.floating) or not np.all(np.isfinite(arr)):
-      raise ValueError(f"--init-latents {req.init_latents}: expected finite floating-point values")
-    frames, what = np.moveaxis(arr.astype(np.float32), 2, -1), "latents"
+    frames, what = load_latents(req.init_latents, in_dim=in_dim, latent_hw=latent_hw), "latents"
   elif req.image:
     frames = fit_frames(read_image(req.image)[None], hl * s_stride, wl * s_stride, what=f"--image {req.image}")[None]
     what = "image"

@@ -124,3 +124,21 @@ class LatentWriter:
   def close(self) -> None:
     os.fsync(self.fd)
     os.close(self.fd)
+
+
+def load_latents(path: str, *, in_dim: int, latent_hw: tuple[int, int], what: str = "--init-latents") -> np.ndarray:
+  """A .npy of latents [n, C, H, W] or [1, n, C, H, W] (latents.npy's layout) -> float32 [1, n, H, W, C]."""
+  try:
+    arr = np.load(path, allow_pickle=False)
+  except FileNotFoundError:
+    raise ValueError(f"{what} {path}: no such file") from None
+  except ValueError as e:
+    raise ValueError(f"{what} {path}: not a plain .npy array ({e})") from None
+  hl, wl = latent_hw
+  arr = arr[None] if arr.ndim == 4 else arr
+  if arr.ndim != 5 or arr.shape[0] != 1 or arr.shape[2:] != (in_dim, hl, wl):
+    raise ValueError(f"{what} {path}: shape {arr.shape}; expected [n, {in_dim}, {hl}, {wl}] or "
+                     f"[1, n, {in_dim}, {hl}, {wl}]")
+  if not np.issubdtype(arr.dtype, np.floating) or not np.all(np.isfinite(arr)):
+    raise ValueError(f"{what} {path}: expected finite floating-point values")
+  return np.moveaxis(arr.astype(np.float32), 2, -1)

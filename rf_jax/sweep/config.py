@@ -11,7 +11,7 @@ from typing import Any, Iterable
 from rf_jax.config import ComputeDtype, load_python_value
 from rf_jax.memory import MODES, POLICIES, Policy, policy_to_dict
 from rf_jax.ops import AttnImpl
-from rf_jax.sampling import Sampler
+from rf_jax.sampling import PromptSchedule, Recache, Sampler
 
 FORMAT = "rf_jax.sweep/1"
 
@@ -28,6 +28,11 @@ class Sweep:
   model: a preset name (random weights from `weights_seed`; "tiny" has a random text encoder too), an rf_jax DiT
     checkpoint folder, or a pipeline folder (a Wan folder converted by `rf-jax convert`, needed for text prompts).
   batch: samples per compiled run (a multiple of the mesh's data x fsdp); default: data x fsdp.
+  switches: prompt schedules to grid: each is ((frame, prompt), ...) after the sample's own prompt (prompts of the
+    same kinds as `prompts`); () = no switch. Switch frames are data: every schedule shares one compilation.
+  initial: initial latents to grid (.npy [n, C, H, W], relative to the sweep file; the same n for all), or None.
+  recache, global_sink: what a switch does to the memory (rf_jax.sampling.switching).
+  Every sample (prompt x seed) runs under every (schedule, initial) condition.
   """
   policies: tuple[Policy, ...]
   prompts: tuple[str, ...] = ("random:0",)
@@ -40,6 +45,10 @@ class Sweep:
   batch: int | None = None
   compute_dtype: ComputeDtype = ComputeDtype.FLOAT32  # a string ("bfloat16") is read as the enum
   attention: AttnImpl = AttnImpl.AUTO  # a string ("pallas_gpu") is read as the enum
+  switches: tuple[tuple[tuple[int, str], ...], ...] = ((),)
+  initial: tuple[str | None, ...] = (None,)
+  recache: Recache = Recache.WINDOW
+  global_sink: bool = True
   source_dir: str = "."  # where relative prompt files are found (set to the sweep file's folder)
 
   def __post_init__(self):
@@ -51,6 +60,13 @@ class Sweep:
     except ValueError:
       raise ValueError(f"Sweep.compute_dtype={self.compute_dtype!r}; expected float32 or bfloat16") from None
     object.__setattr__(self, "attention", AttnImpl.parse(self.attention))
+    object.__setattr__(self, "switches", tuple(tuple((int(f), str(p)) for f, p in sw) for sw in self.switches))
+    object.__setattr__(self, "initial", tuple(self.initial))
+    object.__setattr__(self, "recache", Recache(self.recache))
+    if not self.switches or not self.initial:
+      raise ValueError("Sweep.switches and Sweep.initial must not be empty (() and None mean: none)")
+    for sw in self.switches:
+      PromptSchedule(tuple(f for f, _ in sw))  # sorted, non-negative
     if not self.policies:
       raise ValueError("Sweep.policies is empty")
     for i, p in enumerate(self.policies):
@@ -62,8 +78,17 @@ class Sweep:
       raise ValueError(f"Sweep.frames={self.frames}: metrics need at least 2 frames")
 
   @property
+  def conditions(self) -> list[tuple[tuple[tuple[int, str], ...], str | None]]:
+    """(schedule, initial) pairs; sample s runs under condition s // (prompts x seeds)."""
+    return [(sw, init) for sw in self.switches for init in self.initial]
+
+  @property
   def samples(self) -> list[tuple[str, int]]:
-    return [(p, s) for p in self.prompts for s in self.seeds]
+    """(prompt, seed) of every sample, condition-major: the prompts x seeds repeat once per condition."""
+    return [(p, s) for _ in self.conditions for p in self.prompts for s in self.seeds]
+
+  def condition_of(self, sample: int) -> tuple[tuple[tuple[int, str], ...], str | None]:
+    return self.conditions[sample // (len(self.prompts) * len(self.seeds))]
 
   def manifest(self) -> dict[str, Any]:
     """What identifies the sweep's results (a restart must match it)."""
@@ -74,7 +99,10 @@ class Sweep:
             "sampler": {"timesteps": list(self.sampler.timesteps), "context_noise": self.sampler.context_noise,
                         "chunk_frames": self.sampler.chunk_frames, "shift": self.sampler.schedule.shift,
                         **({"eta": self.sampler.eta} if self.sampler.eta != 1.0 else {})},
-            "batch": self.batch, "compute_dtype": self.compute_dtype.value}
+            "batch": self.batch, "compute_dtype": self.compute_dtype.value,
+            **({"switches": [list(map(list, sw)) for sw in self.switches], "recache": self.recache.value,
+                "global_sink": self.global_sink} if self.switches != ((),) else {}),
+            **({"initial": list(self.initial)} if self.initial != (None,) else {})}
 
 
 def grid(policy: Policy, **settings: Iterable) -> tuple[Policy, ...]:

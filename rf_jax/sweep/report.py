@@ -22,17 +22,20 @@ def write_results(out: str, sweep: Sweep, store: Store, finished: Sequence[Unit]
   """results.csv and summary.png from the finished units (each replaced atomically)."""
   metrics = store.read_metrics()
   samples = sweep.samples
+  conditions = [c for c, on in (("switches", sweep.switches != ((),)), ("initial", sweep.initial != (None,))) if on]
   rows = []
   for u in sorted(finished, key=lambda u: (u.config, u.first)):
     for s in range(u.first, u.first + u.count):
       prompt, seed = samples[s]
+      switches, initial = sweep.condition_of(s)
+      cond = {"switches": json.dumps(switches), "initial": initial or ""}
       rows.append({"config": u.config, "label": label(sweep.policies[u.config]),
                    "policy": json.dumps(policy_to_dict(sweep.policies[u.config]), sort_keys=True),
-                   "sample": s, "prompt": prompt, "seed": seed,
+                   "sample": s, "prompt": prompt, "seed": seed, **{c: cond[c] for c in conditions},
                    **{m: repr(float(metrics[m][u.config, s])) for m in METRICS}})
   buf = io.StringIO()
-  writer = csv.DictWriter(buf, fieldnames=["config", "label", "policy", "sample", "prompt", "seed", *METRICS],
-                          lineterminator="\n")
+  writer = csv.DictWriter(buf, fieldnames=["config", "label", "policy", "sample", "prompt", "seed", *conditions,
+                                           *METRICS], lineterminator="\n")
   writer.writeheader()
   writer.writerows(rows)
   replace_bytes(os.path.join(out, "results.csv"), buf.getvalue().encode())

@@ -34,14 +34,15 @@ import numpy as np
 
 from rf_jax import pipeline
 from rf_jax.config import PRESETS
-from rf_jax.io import append_jsonl, write_json_atomic
+from rf_jax.io import append_jsonl, load_latents, write_json_atomic
 from rf_jax.memory import Policy
 from rf_jax.metrics import video_metrics
 from rf_jax.parallel import placement
 from rf_jax.parallel.distributed import barrier, is_leader
 from rf_jax.progress import progress_bar
 from rf_jax.runinfo import run_info
-from rf_jax.sampling import Rollout, noise_keys, random_text, text_rows
+from rf_jax.sampling import PromptSchedule, Rollout, noise_keys, random_text, text_rows
+from rf_jax.sampling.rollout import initial_blocks
 from rf_jax.text.encode import default_cache_dir, load_text_embeddings, pad_embeddings
 from rf_jax.sweep.config import Sweep, label
 from rf_jax.sweep.report import write_results
@@ -68,10 +69,12 @@ def prompt_embedding(prompt: str, text_len: int, text_dim: int, source_dir: str)
 
 
 def _embeddings(sweep: Sweep, config) -> dict[str, np.ndarray]:
-  """Every prompt's [text_len, text_dim] embedding; text prompts through the pipeline's umT5 and the text cache."""
+  """Every prompt's [text_len, text_dim] embedding (the samples' and the switches'); text prompts through the
+  pipeline's umT5 and the text cache."""
+  prompts = list(dict.fromkeys([*sweep.prompts, *(p for sw in sweep.switches for _, p in sw)]))
   out = {p: prompt_embedding(p, config.text_len, config.text_dim, sweep.source_dir)
-         for p in sweep.prompts if not is_text_prompt(p)}
-  texts = [p for p in sweep.prompts if is_text_prompt(p)]
+         for p in prompts if not is_text_prompt(p)}
+  texts = [p for p in prompts if is_text_prompt(p)]
   if texts:
     path = _model_path(sweep)
     sources = pipeline.resolve_sources(path, None if path else sweep.model)
@@ -96,9 +99,24 @@ class Unit:
 
 
 def plan(sweep: Sweep, batch: int) -> list[Unit]:
-  n = len(sweep.samples)
-  return [Unit(c, i, i * batch, min(batch, n - i * batch))
-          for c in range(len(sweep.policies)) for i in range(-(-n // batch))]
+  """Units of `batch` samples; a unit never spans two conditions (they differ in schedule or initial frames)."""
+  group = len(sweep.prompts) * len(sweep.seeds)
+  starts = [g * group + i * batch for g in range(len(sweep.conditions)) for i in range(-(-group // batch))]
+  return [Unit(c, k, first, min(batch, group - (first % group)))
+          for c in range(len(sweep.policies)) for k, first in enumerate(starts)]
+
+
+def _initial(sweep: Sweep, config, latent_hw) -> dict[str, np.ndarray]:
+  """Every initial input's latents [1, n, Hl, Wl, C]; all must have the same n (the compiled layout)."""
+  out = {}
+  for name in (x for x in sweep.initial if x is not None):
+    path = name if os.path.isabs(name) else os.path.join(sweep.source_dir, name)
+    out[name] = load_latents(path, in_dim=config.in_dim, latent_hw=latent_hw, what="Sweep.initial")
+  counts = {k: v.shape[1] for k, v in out.items()}
+  if len(set(counts.values())) > 1 or (out and None in sweep.initial):
+    raise ValueError(f"Sweep.initial: every entry needs the same number of initial frames (got {counts}"
+                     f"{', and None' if None in sweep.initial and out else ''})")
+  return out
 
 
 def layouts(sweep: Sweep) -> dict[Policy, list[int]]:
@@ -150,17 +168,20 @@ def run_sweep(sweep: Sweep, out: str, *, mesh=None, progress: bool = True) -> di
   # Inputs first (a bad prompt fails before anything is compiled or written), and the text encoder is dropped
   # before the DiT is loaded.
   source = dit_source(sweep)
+  latent_hw = sweep.latent_hw or source.default_latent_hw()
+  initial = _initial(sweep, source.config(), latent_hw)
+  n0 = next(iter(initial.values())).shape[1] if initial else 0
+  initial_blocks(n0, sweep.sampler.chunk_frames)  # a count the sampler cannot take is named now
   embeddings = _embeddings(sweep, source.config())
   model = pipeline.load_dit(source, dtype=sweep.compute_dtype, attn_impl=sweep.attention, mesh=mesh)
   cfg = model.config
-  latent_hw = sweep.latent_hw or source.default_latent_hw()
   generated = sweep.sampler.whole_chunks(sweep.frames)
   samples = sweep.samples
 
   os.makedirs(os.path.join(out, "done"), exist_ok=True)
   _check_manifest(out, sweep.manifest())
   barrier("rf_jax.sweep.manifest")
-  store = Store(os.path.join(out, "store.zarr"), len(sweep.policies), len(samples), sweep.frames,
+  store = Store(os.path.join(out, "store.zarr"), len(sweep.policies), len(samples), n0 + sweep.frames,
                 (cfg.out_dim, *latent_hw))
   units = plan(sweep, batch)
   todo = [u for u in units if not os.path.exists(os.path.join(out, "done", u.marker))]
@@ -174,10 +195,15 @@ def run_sweep(sweep: Sweep, out: str, *, mesh=None, progress: bool = True) -> di
       policy = sweep.policies[unit.config]
       if layout not in rollouts:
         rollouts[layout] = Rollout(model, policy, sweep.sampler, batch=batch, latent_hw=latent_hw,
-                                   frames=generated, mesh=mesh, text_rows=prompt_rows)
+                                   frames=generated, mesh=mesh, text_rows=prompt_rows, initial_frames=n0,
+                                   recache=sweep.recache, global_sink=sweep.global_sink)
       rollout = rollouts[layout]
       rows = [samples[min(unit.first + i, unit.first + unit.count - 1)] for i in range(batch)]  # padded
-      context = np.stack([embeddings[p] for p, _ in rows])
+      switches, init_name = sweep.condition_of(unit.first)
+      context = np.stack([embeddings[p] for p, _ in rows])  # [B, P, D]
+      if switches:  # [K, B, P, D]: the sample's prompt, then each switch's
+        context = np.stack([context, *(np.stack([embeddings[p]] * batch) for _, p in switches)])
+      given = None if init_name is None else np.repeat(initial[init_name], batch, axis=0)
       keys = noise_keys([s for _, s in rows])
       pieces: dict[int, list[np.ndarray]] = {}
 
@@ -185,9 +211,11 @@ def run_sweep(sweep: Sweep, out: str, *, mesh=None, progress: bool = True) -> di
         for first, block in placement.host_rows(chunk_out.latents):  # this process's samples only
           pieces.setdefault(first, []).append(block)
 
-      rollout.run(context, key=keys, params=policy.params(), on_chunk=on_chunk)
+      rollout.run(context, key=keys, params=policy.params(), on_chunk=on_chunk, initial=given,
+                  schedule=PromptSchedule(tuple(f for f, _ in switches)))
       for first, blocks in pieces.items():
-        video = np.concatenate(blocks, axis=1)[:, :sweep.frames]  # [n, frames, Hl, Wl, C]
+        head = [] if given is None else [given[first:first + blocks[0].shape[0]]]
+        video = np.concatenate(head + blocks, axis=1)[:, :n0 + sweep.frames]  # [n, n0 + frames, Hl, Wl, C]
         real = max(0, min(video.shape[0], unit.count - first))
         if real == 0:
           continue

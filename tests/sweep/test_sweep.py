@@ -152,3 +152,27 @@ def check_kill_and_resume(sweep_file, whole, tmp_path):
   assert compared == [p for p in tree(killed) if p != "runs.jsonl"]
   _, mismatch, errors = filecmp.cmpfiles(whole, killed, compared, shallow=False)
   assert not mismatch and not errors, (mismatch, errors)
+
+
+def test_switch_points_and_initial_frames_grid_in_one_compile_and_match_generate(tmp_path, monkeypatch):
+  """Schedules and initial latents are conditions of the samples: one compiled chunk step for all of them, and a
+  sample is what `generate` writes with the same prompt, switch, initial latents and seed."""
+  monkeypatch.setenv("RF_JAX_CACHE", str(tmp_path / "cache"))
+  np.save(tmp_path / "init.npy", np.random.default_rng(0).normal(size=(1, 16, 4, 4)).astype(np.float32))
+  sweep = Sweep(policies=(WindowPolicy(window_frames=9, sink_frames=3),), prompts=("a red fox",), seeds=(5,),
+                frames=9, latent_hw=(4, 4), weights_seed=5, switches=((), ((4, "a blue bird"),), ((7, "a blue bird"),)),
+                initial=("init.npy",), source_dir=str(tmp_path))
+  result = run_sweep(sweep, str(tmp_path / "s"), progress=False)
+  assert list(result["compiles"].values()) == [1] and result["units"] == 3
+  import tensorstore as ts
+  lat = ts.open({"driver": "zarr3", "kvstore": {"driver": "file", "path": str(tmp_path / "s" / "store.zarr/latents")}}
+                ).result().read().result()
+  assert lat.shape[:3] == (1, 3, 10)  # 1 initial + 9 generated frames
+  rows = (tmp_path / "s" / "results.csv").read_text().splitlines()
+  assert rows[0].startswith("config,label,policy,sample,prompt,seed,switches,initial,") and len(rows) == 4
+  assert cli.main(["generate", "--preset", "tiny", "--seed", "5", "--prompt", "a red fox", "--switch", "4:a blue bird",
+                   "--init-latents", str(tmp_path / "init.npy"), "--memory", "window", "--window-frames", "9",
+                   "--sink-frames", "3", "--frames", "9", "--latent-hw", "4", "4", "--no-video", "--quiet",
+                   "--out", str(tmp_path / "g")]) == 0
+  np.testing.assert_allclose(lat[0, 1], np.load(tmp_path / "g" / "latents.npy")[0], rtol=0, atol=1e-6)
+  assert np.abs(lat[0, 1] - lat[0, 2]).max() > 1e-3  # a later switch point gives another video
