@@ -89,7 +89,7 @@ class GenerateRequest:
   fps: int = 16
   video_scale: int | None = None
   switches: tuple[tuple[int, str], ...] = ()  # (latent frame, prompt): the prompt from that frame on
-  recache: Recache = Recache.WINDOW
+  recache: Recache | None = None  # None: the policy's default (window: window; relax: all_memory)
   global_sink: bool = True
   image: str | None = None  # image-to-video: the first frame
   init_video: str | None = None  # video extension: the video's frames first
@@ -250,8 +250,9 @@ def generate_request(req: GenerateRequest, out: str, *, force: bool = False, pro
   n0 = 0 if initial is None else (initial.shape[1] if initial_kind == "latents" or pixels
                                   else 1 + (initial.shape[1] - 1) // vae_strides[0])
   schedule = check_switches(req.switches, n0 + sampler.whole_chunks(frames)) if req.switches else None
-  if schedule and req.recache is Recache.WINDOW:  # a policy that cannot re-cache says so now, not after loading
-    policy.recache_width(Geometry(1, 1, 1, 1, 1, sampler.chunk_frames, n0 + sampler.whole_chunks(frames)))
+  recache = policy.default_recache if req.recache is None else req.recache
+  if schedule and recache is not Recache.NONE:  # a policy that cannot re-cache says so now, not after loading
+    policy.recache_width(Geometry(1, 1, 1, 1, 1, sampler.chunk_frames, n0 + sampler.whole_chunks(frames)), recache)
   prompts += [text for _, text in req.switches]
   text, text_info = None, {}
   if prompts:  # encode first: the text encoder is dropped before the DiT is loaded
@@ -287,7 +288,7 @@ def generate_request(req: GenerateRequest, out: str, *, force: bool = False, pro
   return generate(model, policy, sampler, spec, out, text_embeddings=text, prompts=prompts or None, vae=vae,
                   pixels=pixels and req.video, force=force, progress=progress, mesh=mesh,
                   extra_summary={"source": source, **text_info}, initial=initial, schedule=schedule,
-                  recache=req.recache, global_sink=req.global_sink)
+                  recache=recache, global_sink=req.global_sink)
 
 
 def video_names(n: int) -> list[str]:
@@ -298,7 +299,7 @@ def generate(model, policy: Policy, sampler: Sampler, spec: GenerateSpec, out: s
              text_embeddings: np.ndarray | None = None, prompts: list[str] | None = None, vae=None,
              pixels: bool = False, force: bool = False, progress: bool = True, mesh: jax.sharding.Mesh | None = None,
              extra_summary: dict[str, Any] | None = None, initial: np.ndarray | None = None,
-             schedule: PromptSchedule | None = None, recache: Recache = Recache.WINDOW,
+             schedule: PromptSchedule | None = None, recache: Recache | None = None,
              global_sink: bool = True) -> dict[str, Any]:
   """Runs the rollouts and writes OUT atomically; returns the summary.
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from rf_jax.memory.base import CallView, Chunk, Policy, RecachePlan, check_video_length, moved_by
+from rf_jax.memory.base import CallView, Chunk, Policy, Recache, RecachePlan, check_video_length, moved_by
 from rf_jax.memory.relax import RelaxPolicy, candidate_table
 from rf_jax.memory.reservoir import Geometry, Reservoir
 from rf_jax.memory.slow_fast import SlowFastPolicy
@@ -100,6 +100,6 @@ def _public(field: str) -> str:
   return {v: k for k, v in _ALIASES.items()}.get(field, field)
 
 
-__all__ = ["CallView", "Chunk", "Geometry", "MODES", "RecachePlan", "POLICIES", "Policy", "RelaxPolicy", "Reservoir",
+__all__ = ["CallView", "Chunk", "Geometry", "MODES", "Recache", "RecachePlan", "POLICIES", "Policy", "RelaxPolicy", "Reservoir",
            "SlowFastPolicy", "SlowFastUpstreamPolicy", "WindowPolicy", "candidate_table", "check_video_length",
            "moved_by", "policy_from_dict", "policy_to_dict", "public_name", "SETTINGS"]

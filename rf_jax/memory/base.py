@@ -25,6 +25,7 @@ Letters: L layers, B batch, M memory slots, F chunk frames, Q tokens per frame, 
 from __future__ import annotations
 
 import dataclasses
+import enum
 from typing import Any, NamedTuple
 
 import jax
@@ -55,6 +56,13 @@ class CallView(NamedTuple):
   memory: MemoryView | None
   chunk_pos: Array  # int32 [F], or [B, F] when samples place the chunk differently
   hook: LayerHook | None = None
+
+
+class Recache(enum.Enum):
+  """What a prompt switch re-runs (`rf_jax.sampling.switching`); None on a rollout: the policy's default."""
+  NONE = "none"  # the prompt changes; the memory keeps its keys
+  WINDOW = "window"  # LongLive: the frames the window covers
+  ALL_MEMORY = "all_memory"  # every frame the memory holds
 
 
 class RecachePlan(NamedTuple):
@@ -123,13 +131,23 @@ class Policy:
 
   # ----------------------------------------------------------------------------------------- prompt switches
 
-  def recache_width(self, geom: Geometry) -> int:
-    """W: how many frames a re-cache re-runs at most (the compiled width)."""
+  default_recache = Recache.NONE  # what a switch re-caches unless told
+
+  def recache_width(self, geom: Geometry, recache: Recache) -> int:
+    """W: how many frames a re-cache in mode `recache` re-runs at most (the compiled width); raises for a mode the
+    policy does not have."""
     raise ValueError(f"memory policy {self.name!r} cannot re-cache after a prompt switch yet; use recache=none")
 
-  def recache_plan(self, params, state, chunk: Chunk, width: int, keep_sink: bool) -> tuple[Any, RecachePlan]:
-    """Before the re-cache call of a switch at chunk `chunk`: (state, plan). `keep_sink`: LongLive's global sink
-    (the first frames keep their keys from before the switch once the window has moved past them)."""
+  def recache_frames(self, chunk_start: int, width: int) -> np.ndarray:
+    """The frames a re-cache at `chunk_start` re-runs, int [width] (-1: none), host arithmetic: by default the last
+    `width`, c - width .. c - 1. The caller hands their output latents to the re-cache call."""
+    frames = chunk_start - width + np.arange(width)
+    return np.where(frames >= 0, frames, -1)
+
+  def recache_plan(self, params, state, chunk: Chunk, frames: Array, keep_sink: bool) -> tuple[Any, RecachePlan]:
+    """Before the re-cache call of a switch at chunk `chunk`, re-running `frames` (`recache_frames`, traced):
+    (state, plan). `keep_sink`: LongLive's global sink (the first frames keep their keys from before the switch
+    once the window has moved past them)."""
     raise ValueError(f"memory policy {self.name!r} cannot re-cache after a prompt switch yet; use recache=none")
 
   def recache_store(self, params, state, plan: RecachePlan, kv, chunk: Chunk, keep_sink: bool) -> Any:

@@ -35,8 +35,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rf_jax.memory.base import CallView, Chunk, Policy, moved_by, traced
-from rf_jax.memory.reservoir import Geometry, Reservoir, init_reservoir, ring_slot, write_frames
+from rf_jax.memory.base import CallView, Chunk, Policy, Recache, RecachePlan, moved_by, traced
+from rf_jax.memory.reservoir import Geometry, Reservoir, init_reservoir, ring_slot, write_at, write_frames
 from rf_jax.model.dit import MemoryView
 from rf_jax.numerics import torch_linspace
 
@@ -221,6 +221,43 @@ class RelaxPolicy(Policy):
 
   def end_chunk(self, params, res: Reservoir, view: RelaxView, kv, chunk: Chunk):
     return write_frames(res, kv, chunk.start, self.sink_frames, chunk.grid), view.trace
+
+  # ------------------------------------------------------------------------------------------- prompt switches
+
+  default_recache = Recache.ALL_MEMORY
+
+  def recache_width(self, geom: Geometry, recache: Recache) -> int:
+    """A switch re-caches all of the memory: the sink and the live ring (every frame a later chunk can still pick
+    as history, or read as tail), not only a window."""
+    if recache is not Recache.ALL_MEMORY:
+      raise ValueError(f"relax: recache={recache.value!r}; relax re-caches all_memory (its history comes from the "
+                       "whole reservoir), or none")
+    return self.capacity(geom.chunk_frames)
+
+  def recache_frames(self, chunk_start: int, width: int) -> np.ndarray:
+    """[sink frames 0..S-1 | the ring's frames c - ring .. c - 1] (-1 where there is none yet)."""
+    s, c = self.sink_frames, chunk_start
+    sink = np.where(np.arange(s) < c, np.arange(s), -1)
+    tail = c - (width - s) + np.arange(width - s)
+    return np.concatenate([sink, np.where(tail >= s, tail, -1)])
+
+  def _keeps_sink(self, chunk: Chunk, width: int, keep_sink: bool) -> Array:
+    """LongLive's global sink, here: the sink keeps its keys once the ring has moved past it."""
+    return keep_sink & (chunk.start - (width - self.sink_frames) > self.sink_frames)
+
+  def recache_plan(self, params, res: Reservoir, chunk: Chunk, frames: Array, keep_sink: bool):
+    s = self.sink_frames
+    keep = self._keeps_sink(chunk, frames.shape[0], keep_sink)
+    rerun = frames >= 0
+    keys = rerun & ~(keep & (frames < s))
+    kept = (jnp.arange(res.capacity) < s)[None] & (res.frame >= 0) & keep  # [B, R]
+    return res, RecachePlan(frames, rerun, keys, MemoryView(res.k, res.v, None, kept))
+
+  def recache_store(self, params, res: Reservoir, plan: RecachePlan, kv, chunk: Chunk, keep_sink: bool):
+    """Every re-run frame's keys, values and key mean (the score's prototype) replace its slot's."""
+    slots = jnp.where(plan.keys, ring_slot(jnp.maximum(plan.frames, 0), self.sink_frames, res.capacity),
+                      res.capacity)
+    return write_at(res, kv, plan.frames, slots, chunk.grid)
 
   def describe(self, chunk, trace, calls):
     b0 = {k: np.asarray(v) for k, v in trace.items()}

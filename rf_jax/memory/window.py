@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rf_jax.memory.base import CallView, Chunk, Policy, RecachePlan, moved_by
+from rf_jax.memory.base import CallView, Chunk, Policy, Recache, RecachePlan, moved_by
 from rf_jax.memory.reservoir import Geometry, Reservoir, init_reservoir, ring_slot, write_at, write_frames
 from rf_jax.model.dit import MemoryView
 
@@ -90,7 +90,10 @@ class WindowPolicy(Policy):
 
   # ------------------------------------------------------------------------------- prompt switches (LongLive)
 
-  def recache_width(self, geom: Geometry) -> int:
+  default_recache = Recache.WINDOW
+
+  def recache_width(self, geom: Geometry, recache: Recache) -> int:
+    """WINDOW and ALL_MEMORY are the same here: the window is all the memory holds."""
     if self.positions != "absolute":
       raise ValueError(f"window: positions={self.positions!r} cannot re-cache after a prompt switch (LongLive's "
                        "re-cache is defined for absolute positions); use positions=absolute or recache=none")
@@ -100,14 +103,13 @@ class WindowPolicy(Policy):
     """st: the first re-run frame, c - min(window, c) (0 for a global window)."""
     return jnp.zeros_like(c) if self.window_frames == -1 else c - jnp.minimum(self.window_frames, c)
 
-  def recache_plan(self, params, res: Reservoir, chunk: Chunk, width: int, keep_sink: bool):
+  def recache_plan(self, params, res: Reservoir, chunk: Chunk, frames: Array, keep_sink: bool):
     """LongLive: frames st .. c-1 re-run in one call with no mask among them. With the global sink kept (and the
     window past it, st > 0) the sink slots keep their keys and are attended; the first `sink` re-run frames are
     then neither stored nor attended (LongLive computes and drops them)."""
     c, s = chunk.start, self.sink_frames
-    frames = c - width + jnp.arange(width, dtype=jnp.int32)
     st = self._recache_start(c)
-    rerun = frames >= st
+    rerun = (frames >= st) & (frames >= 0)
     keep = keep_sink & (st > 0)
     keys = rerun & ~(keep & (frames < st + s))
     kept = (jnp.arange(res.capacity) < s)[None] & (res.frame >= 0) & keep  # [B, R]

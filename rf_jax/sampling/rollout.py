@@ -179,18 +179,18 @@ def _context_step(graphdef, policy: Policy, sampler: Sampler, record: bool, coun
 
 
 def _recache_step(graphdef, policy: Policy, sampler: Sampler, record: bool, keep_sink: bool, counter: list,
-                  model_state, params, mem_state, text: TextKV, recent: Array, chunk_start: Array):
-  """A prompt switch's re-cache (`rf_jax.sampling.switching`): recent [B, W, Hl, Wl, C] are the output frames
-  c - W .. c - 1 (c = chunk_start; zeros before the video), re-run in one call at the refill's timestep with the new
-  prompt's `text`, no mask among the frames the policy re-runs, keys only from the frames it stores. Returns
-  (state, (x0, flow) [B, W, ...] when `record`, the plan's frames/rerun/keys)."""
+                  model_state, params, mem_state, text: TextKV, recent: Array, frames: Array, chunk_start: Array):
+  """A prompt switch's re-cache (`rf_jax.sampling.switching`): recent [B, W, Hl, Wl, C] are the output latents of
+  `frames` (int [W], the policy's `recache_frames` at chunk_start; zeros where -1), re-run in one call at the
+  refill's timestep with the new prompt's `text`, no mask among the frames the policy re-runs, keys only from the
+  frames it stores. Returns (state, (x0, flow) [B, W, ...] when `record`, the plan's frames/rerun/keys)."""
   counter[0] += 1
   model: CausalWanDiT = nnx.merge(graphdef, model_state)
   cfg = model.config
   b, w = recent.shape[:2]
   grid = (recent.shape[2] // cfg.patch_size[1], recent.shape[3] // cfg.patch_size[2])
   chunk = Chunk(jnp.asarray(chunk_start, jnp.int32), sampler.chunk_frames, grid)
-  mem_state, plan = policy.recache_plan(params, mem_state, chunk, w, keep_sink)
+  mem_state, plan = policy.recache_plan(params, mem_state, chunk, jnp.asarray(frames, jnp.int32), keep_sink)
   q = grid[0] * grid[1]
   key_ok = jnp.repeat(plan.keys, q)  # [W*Q]: the re-run tokens that serve as keys
   mask = jnp.broadcast_to(key_ok[None, :], (w * q, w * q))  # every re-run token attends every stored one
@@ -271,7 +271,7 @@ class Rollout:
   def __init__(self, model: CausalWanDiT, policy: Policy, sampler: Sampler, *, batch: int,
                latent_hw: tuple[int, int], frames: int, record_calls: bool = False,
                mesh: jax.sharding.Mesh | None = None, text_rows: int | None = None, initial_frames: int = 0,
-               recache: Recache | str = Recache.WINDOW, global_sink: bool = True):
+               recache: Recache | str | None = None, global_sink: bool = True):
     cfg = model.config
     f = sampler.chunk_frames
     self.initial = initial_blocks(initial_frames, f)  # raises naming the counts that work
@@ -314,13 +314,13 @@ class Rollout:
     context = functools.partial(_context_step, self.graphdef, policy.static_part(), sampler, record_calls,
                                 self._context_traces)
     self._context = jax.jit(context, donate_argnums=(2,))
-    self.recache = Recache(recache)
+    self.recache = policy.default_recache if recache is None else Recache(recache)
     self.global_sink = bool(global_sink)
     self._recache_traces = [0]
     self._recache_width, self._recache_error = None, None
-    if self.recache is Recache.WINDOW:
+    if self.recache is not Recache.NONE:
       try:
-        self._recache_width = policy.recache_width(self.geometry)
+        self._recache_width = policy.recache_width(self.geometry, self.recache)
       except ValueError as e:  # raised when a switch asks for it (a run without switches needs none)
         self._recache_error = str(e)
       self._recache = jax.jit(functools.partial(_recache_step, self.graphdef, policy.static_part(), sampler,
@@ -429,17 +429,21 @@ class Rollout:
       return self._context(self.model_state, params, state, text,
                            self._per_sample(jnp.asarray(initial[:, first:first + count])), jnp.int32(first))
 
+  def recache_frames(self, chunk_start: int) -> np.ndarray:
+    """The frames a re-cache before the chunk at `chunk_start` re-runs (int [W]; -1: none)."""
+    return self.policy.recache_frames(chunk_start, self._recache_width)
+
   def recache_call(self, state, text: TextKV, recent: Array, chunk_start: int, params=None):
     """A prompt switch's re-cache before the chunk starting at frame `chunk_start` (> 0): recent [B, W, Hl, Wl, C]
-    the output frames chunk_start - W .. chunk_start - 1 (zeros before the video; W = `recache_width`), `text` the
-    new prompt's. Returns (state, (x0, flow) when calls are recorded else None, {frames, rerun, keys}). `state` is
-    donated."""
+    the output latents of `recache_frames(chunk_start)` (zeros where -1; for a window, the last W frames), `text`
+    the new prompt's. Returns (state, (x0, flow) when calls are recorded else None, {frames, rerun, keys}). `state`
+    is donated."""
     if self._recache_width is None:
       raise ValueError("this rollout was built with recache=none")
     params = self.params if params is None else params
     with self.on_mesh():
       return self._recache(self.model_state, params, state, text, self._per_sample(jnp.asarray(recent)),
-                           jnp.int32(chunk_start))
+                           jnp.asarray(self.recache_frames(chunk_start), jnp.int32), jnp.int32(chunk_start))
 
   @property
   def recache_width(self) -> int | None:
@@ -513,12 +517,12 @@ class Rollout:
     state = self.init_state()
     if initial is not None:
       state, self.prefill_out = self.prefill(state, text, initial, params)
-    recent = None
+    history = None  # every output frame so far, on the host, for the re-caches (only when there are switches)
     if self._recache_width is not None and schedule.num_prompts > 1:
-      w = self._recache_width
-      recent = jnp.zeros((self.batch, w, *self.latent_hw, self.model_config.in_dim), jnp.float32)
+      history = np.zeros((self.batch, self.initial_frames + self.frames, *self.latent_hw, self.model_config.in_dim),
+                         np.float32)
       if initial is not None:
-        recent = jnp.concatenate([recent, jnp.asarray(initial, jnp.float32)], axis=1)[:, -w:]
+        history[:, :self.initial_frames] = np.asarray(initial, np.float32)
     self.switches = []
     kept: list[ChunkOut] = []
     pending: tuple[int, ChunkOut] | None = None
@@ -544,14 +548,16 @@ class Rollout:
       prompt, switch = plan[j]
       if switch:
         event = {"chunk": j, "frame": starts[j], "prompt": prompt, "recached_frames": []}
-        if recent is not None and starts[j] > 0:
+        if history is not None and starts[j] > 0:
+          frames = self.recache_frames(starts[j])
+          recent = np.where((frames >= 0)[None, :, None, None, None], history[:, np.maximum(frames, 0)], 0.0)
           state, _, info = self.recache_call(state, texts[prompt], recent, starts[j], params)
           event["recached_frames"] = [int(x) for x, k in zip(np.asarray(info["frames"]), np.asarray(info["keys"]))
                                       if k]
         self.switches.append(event)
       state, out = self.step(state, texts[prompt], j, x, eps, params)
-      if recent is not None:
-        recent = jnp.concatenate([recent[:, f:], out.latents.astype(jnp.float32)], axis=1)
+      if history is not None:  # a host copy of each chunk (it waits for the chunk: switches cost their overlap)
+        history[:, starts[j]:starts[j] + f] = np.asarray(out.latents, np.float32)
       if pending is not None:
         hand_over(*pending)
       pending = (j, out)

@@ -5,9 +5,12 @@ at the first chunk whose start frame is at or past its frame (a frame inside a c
 chunk start), at most one per chunk, as LongLive's interactive pipeline does. Neither the frames nor the prompts
 are part of a compiled shape: a sweep over switch points reuses one compilation.
 
-At a switch, the text conditioning changes, and (`Recache.WINDOW`, LongLive's behaviour) the frames before the
-switch that the memory's window covers are run once more through the model, at the refill's timestep, with the new
-prompt and no mask among them, so the memory holds keys conditioned on it. `Recache.NONE` only changes the prompt.
+At a switch, the text conditioning changes, and the memory is re-cached (`Recache`, the policy's default unless
+told): frames before the switch are run once more through the model, at the refill's timestep, with the new prompt
+and no mask among them, so the memory holds keys conditioned on it. `WINDOW` (LongLive's behaviour, the window
+policy's default) re-runs the frames the window covers; `ALL_MEMORY` (Relax Forcing's default) every frame the
+memory holds (Relax: the sink and the whole live ring, so every history candidate is re-keyed). `NONE` only changes
+the prompt.
 `global_sink` (LongLive's, default True): once the window has moved past the sink, the sink keeps its keys from
 before the switch; False rebuilds the sink from the first re-run frames (and keeps those for good).
 """
@@ -15,13 +18,11 @@ before the switch; False rebuilds the sink from the first re-run frames (and kee
 from __future__ import annotations
 
 import dataclasses
-import enum
 from typing import Sequence
 
+from rf_jax.memory import Recache
 
-class Recache(enum.Enum):
-  NONE = "none"  # the prompt changes; the memory keeps its keys
-  WINDOW = "window"  # LongLive: the frames the window covers re-run with the new prompt
+__all__ = ["PromptSchedule", "Recache"]
 
 
 @dataclasses.dataclass(frozen=True)

@@ -47,7 +47,7 @@ class Sweep:
   attention: AttnImpl = AttnImpl.AUTO  # a string ("pallas_gpu") is read as the enum
   switches: tuple[tuple[tuple[int, str], ...], ...] = ((),)
   initial: tuple[str | None, ...] = (None,)
-  recache: Recache = Recache.WINDOW
+  recache: Recache | None = None  # None: the policy's default
   global_sink: bool = True
   source_dir: str = "."  # where relative prompt files are found (set to the sweep file's folder)
 
@@ -62,7 +62,7 @@ class Sweep:
     object.__setattr__(self, "attention", AttnImpl.parse(self.attention))
     object.__setattr__(self, "switches", tuple(tuple((int(f), str(p)) for f, p in sw) for sw in self.switches))
     object.__setattr__(self, "initial", tuple(self.initial))
-    object.__setattr__(self, "recache", Recache(self.recache))
+    object.__setattr__(self, "recache", None if self.recache is None else Recache(self.recache))
     if not self.switches or not self.initial:
       raise ValueError("Sweep.switches and Sweep.initial must not be empty (() and None mean: none)")
     for sw in self.switches:
@@ -100,7 +100,7 @@ class Sweep:
                         "chunk_frames": self.sampler.chunk_frames, "shift": self.sampler.schedule.shift,
                         **({"eta": self.sampler.eta} if self.sampler.eta != 1.0 else {})},
             "batch": self.batch, "compute_dtype": self.compute_dtype.value,
-            **({"switches": [list(map(list, sw)) for sw in self.switches], "recache": self.recache.value,
+            **({"switches": [list(map(list, sw)) for sw in self.switches], "recache": self.recache and self.recache.value,
                 "global_sink": self.global_sink} if self.switches != ((),) else {}),
             **({"initial": list(self.initial)} if self.initial != (None,) else {})}
 
