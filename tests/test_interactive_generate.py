@@ -76,8 +76,9 @@ def test_image_to_video_with_the_tiny_preset_and_the_demo(tmp_path, image):
     (["--prompt", "a", "--switch", "six:b"], "expected FRAME:PROMPT"),
     (["--image", "nope.png"], "--image nope.png: no such file"),
     (["--init-latents", "LAT2"], "2 initial frames cannot be taken with 3-frame chunks"),
-    (["--memory", "slow_fast", "--recache", "all_memory", "--prompt", "a", "--switch", "6:b"],
+    (["--memory", "slow_fast", "--mode", "upstream", "--recache", "all_memory", "--prompt", "a", "--switch", "6:b"],
      "cannot re-cache after a prompt switch"),
+    (["--memory", "slow_fast", "--recache", "window", "--prompt", "a", "--switch", "6:b"], "slow_fast re-caches"),
     (["--memory", "relax", "--recache", "window", "--prompt", "a", "--switch", "6:b"], "relax re-caches all_memory"),
 ])
 def test_bad_interactive_input_is_refused_before_any_model(tmp_path, capsys, monkeypatch, argv, message):
@@ -89,16 +90,20 @@ def test_bad_interactive_input_is_refused_before_any_model(tmp_path, capsys, mon
   assert message in capsys.readouterr().err
 
 
-def test_relax_re_caches_its_whole_memory_at_a_switch(tmp_path):
-  """Relax's default re-cache re-keys the sink and the live ring with the new prompt: the frames before the switch
-  are unchanged, the ones after it differ from a switch without a re-cache."""
+@pytest.mark.parametrize("memory,recached", [
+    (["relax", "--reservoir-frames", "12"], [5, 6, 7, 8]),  # the live ring (the sink keeps its keys)
+    (["slow_fast", "--slow-frames", "2", "--rope-length", "12"], [3, 6, 7, 8]),  # a promoted frame, the fast window
+])
+def test_relax_and_slow_fast_re_cache_their_whole_memory_at_a_switch(tmp_path, memory, recached):
+  """The default re-cache of relax and slow_fast (all_memory) re-keys what the memory holds with the new prompt: the
+  frames before the switch are unchanged, the ones after it differ from a switch without a re-cache."""
   runs = {}
   for recache in ("all_memory", "none"):
     out = tmp_path / recache
-    assert gen("--preset", "tiny", "--memory", "relax", "--reservoir-frames", "12", "--prompt", "a fox", "--switch",
-               "9:a bird", "--recache", recache, "--frames", "18", "--no-video", "--out", str(out)) == 0
+    assert gen("--preset", "tiny", "--memory", *memory, "--prompt", "a fox", "--switch", "9:a bird", "--recache",
+               recache, "--frames", "18", "--no-video", "--out", str(out)) == 0
     runs[recache] = (np.load(out / "latents.npy"), json.loads((out / "summary.json").read_text()))
   (a, summary), (b, _) = runs["all_memory"], runs["none"]
-  assert summary["recache"] == "all_memory" and summary["switches"][0]["recached_frames"] == [5, 6, 7, 8]
+  assert summary["recache"] == "all_memory" and summary["switches"][0]["recached_frames"] == recached
   np.testing.assert_array_equal(a[:, :9], b[:, :9])
   assert np.abs(a[:, 9:] - b[:, 9:]).max() > 1e-3

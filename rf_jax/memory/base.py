@@ -69,10 +69,11 @@ class RecachePlan(NamedTuple):
   """A prompt switch's re-cache (LongLive): the frames before the switch re-run through the model with the new
   prompt, W of them at a fixed width (frame c - W + i at index i; c the switch chunk's start), so that the memory
   holds keys conditioned on the new prompt."""
-  frames: Array  # int32 [W]: the frame at each index (negative before the video starts)
-  rerun: Array  # bool [W]: re-run (its output is meaningful)
-  keys: Array  # bool [W]: its new keys are attended by the re-run call and stored
+  frames: Array  # int32 [W] or per sample [B, W]: the frame at each index (negative: none)
+  rerun: Array  # bool like frames: re-run (its output is meaningful)
+  keys: Array  # bool like frames: its new keys are attended by the re-run call and stored
   memory: MemoryView | None  # the entries kept from before, which the re-run call attends too
+  positions: Array | None = None  # int32 like frames: where the re-run call places them (None: at their frames)
 
 
 def moved_by(pos: Array, frames: Array, valid: Array, chunk_pos: Array, chunk: Chunk) -> Array:
@@ -138,9 +139,10 @@ class Policy:
     policy does not have."""
     raise ValueError(f"memory policy {self.name!r} cannot re-cache after a prompt switch yet; use recache=none")
 
-  def recache_frames(self, chunk_start: int, width: int) -> np.ndarray:
-    """The frames a re-cache at `chunk_start` re-runs, int [width] (-1: none), host arithmetic: by default the last
-    `width`, c - width .. c - 1. The caller hands their output latents to the re-cache call."""
+  def recache_frames(self, state, chunk_start: int, width: int) -> np.ndarray:
+    """The frames a re-cache at `chunk_start` re-runs, int [width] or per sample [B, width] (-1: none), on the host
+    (`state` may be read): by default the last `width`, c - width .. c - 1. The caller hands their output latents
+    to the re-cache call."""
     frames = chunk_start - width + np.arange(width)
     return np.where(frames >= 0, frames, -1)
 

@@ -234,7 +234,7 @@ class RelaxPolicy(Policy):
                        "whole reservoir), or none")
     return self.capacity(geom.chunk_frames)
 
-  def recache_frames(self, chunk_start: int, width: int) -> np.ndarray:
+  def recache_frames(self, state, chunk_start: int, width: int) -> np.ndarray:
     """[sink frames 0..S-1 | the ring's frames c - ring .. c - 1] (-1 where there is none yet)."""
     s, c = self.sink_frames, chunk_start
     sink = np.where(np.arange(s) < c, np.arange(s), -1)

@@ -25,8 +25,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rf_jax.memory.base import CallView, Chunk, Policy, moved_by, traced
-from rf_jax.memory.reservoir import Geometry, Reservoir, init_reservoir, stored_kv, write_frames
+from rf_jax.memory.base import CallView, Chunk, Policy, Recache, RecachePlan, moved_by, traced
+from rf_jax.memory.reservoir import Geometry, Reservoir, frame_key_mean, init_reservoir, stored_kv, write_frames
 from rf_jax.model.attention import FrameKV
 from rf_jax.model.dit import MemoryView
 
@@ -138,6 +138,42 @@ class SlowFastPolicy(SlowFastSettings):
              "similarity": jnp.where(eligible & st.has_rep, sim, jnp.nan), "promoted": promote,
              "slow_frames": res.frame[:, ring_end:]}
     return new, trace
+
+  # ------------------------------------------------------------------------------------------- prompt switches
+
+  default_recache = Recache.ALL_MEMORY
+
+  def recache_width(self, geom: Geometry, recache: Recache) -> int:
+    """A switch re-caches the whole memory: the sink, the fast window and the slow memory (promoted frames)."""
+    if recache is not Recache.ALL_MEMORY:
+      raise ValueError(f"slow_fast: recache={recache.value!r}; slow_fast re-caches all_memory (its slow memory "
+                       "holds frames from anywhere in the video), or none")
+    return self.cache_frames - geom.chunk_frames
+
+  def recache_frames(self, state: CleanState, chunk_start: int, width: int) -> np.ndarray:
+    """Each sample's slots' frames [B, R] (promoted frames differ per sample), read from the state."""
+    return np.asarray(state.res.frame)
+
+  def recache_plan(self, params, st: CleanState, chunk: Chunk, frames: Array, keep_sink: bool):
+    """Every held frame re-runs at the position the switch chunk's view shows it (bounded by rope_length), slot by
+    slot; with the global sink kept (once the fast window has moved past it), the sink keeps its keys."""
+    s = self.sink_frames
+    keep = keep_sink & (chunk.start - (self.fast_frames - chunk.frames) > s)
+    pos, _ = self._positions(st, chunk)  # [B, R]
+    rerun = frames >= 0
+    keys = rerun & ~(keep & (jnp.arange(st.res.capacity) < s)[None])
+    kept = (jnp.arange(st.res.capacity) < s)[None] & rerun & keep
+    return st, RecachePlan(frames, rerun, keys, MemoryView(st.res.k, st.res.v, None, kept), jnp.maximum(pos, 0))
+
+  def recache_store(self, params, st: CleanState, plan: RecachePlan, kv, chunk: Chunk, keep_sink: bool):
+    """Slot i takes re-run frame i's keys (turned at its frame index) and values, where it served as a key."""
+    res = st.res
+    stored = stored_kv(kv, jnp.maximum(plan.frames, 0), chunk.grid)  # [L, B, N, R, Q, H], per-sample frames
+    put = plan.keys[None, :, None, :, None, None]
+    res = Reservoir(jnp.where(put, stored.k.astype(res.k.dtype), res.k), jnp.where(put, stored.v.astype(res.v.dtype),
+                                                                                    res.v), res.frame,
+                    jnp.where(plan.keys[..., None], frame_key_mean(kv.k[0]), res.key_mean))
+    return st._replace(res=res)
 
   def describe(self, chunk, trace, calls):
     t = {k: np.asarray(v) for k, v in trace.items()}

@@ -192,11 +192,14 @@ def _recache_step(graphdef, policy: Policy, sampler: Sampler, record: bool, keep
   chunk = Chunk(jnp.asarray(chunk_start, jnp.int32), sampler.chunk_frames, grid)
   mem_state, plan = policy.recache_plan(params, mem_state, chunk, jnp.asarray(frames, jnp.int32), keep_sink)
   q = grid[0] * grid[1]
-  key_ok = jnp.repeat(plan.keys, q)  # [W*Q]: the re-run tokens that serve as keys
-  mask = jnp.broadcast_to(key_ok[None, :], (w * q, w * q))  # every re-run token attends every stored one
+  key_ok = jnp.repeat(plan.keys, q, axis=-1)  # [W*Q] or [B, W*Q]: the re-run tokens that serve as keys
+  mask = jnp.broadcast_to(key_ok[..., None, :], (*key_ok.shape[:-1], w * q, w * q))  # every token sees every key
+  if mask.ndim == 3:
+    mask = mask[:, None]  # per sample: [B, 1, T, T]
   t = jnp.full((b, w), sampler.context_noise, jnp.float32)
   x = recent.astype(jnp.float32)
-  flow, kv = model(x, t, text, frame_pos=jnp.maximum(plan.frames, 0), self_mask=mask, memory=plan.memory)
+  pos = jnp.maximum(plan.frames, 0) if plan.positions is None else plan.positions
+  flow, kv = model(x, t, text, frame_pos=pos, self_mask=mask, memory=plan.memory)
   mem_state = policy.recache_store(params, mem_state, plan, kv, chunk, keep_sink)
   out = None
   if record:
@@ -429,21 +432,28 @@ class Rollout:
       return self._context(self.model_state, params, state, text,
                            self._per_sample(jnp.asarray(initial[:, first:first + count])), jnp.int32(first))
 
-  def recache_frames(self, chunk_start: int) -> np.ndarray:
-    """The frames a re-cache before the chunk at `chunk_start` re-runs (int [W]; -1: none)."""
-    return self.policy.recache_frames(chunk_start, self._recache_width)
+  def recache_frames(self, state, chunk_start: int) -> np.ndarray:
+    """The frames a re-cache before the chunk at `chunk_start` re-runs (int [W] or [B, W]; -1: none)."""
+    return np.asarray(self.policy.recache_frames(state, chunk_start, self._recache_width))
+
+  def gather_frames(self, history: np.ndarray, frames: np.ndarray) -> np.ndarray:
+    """Output latents history [B, T, ...] at `frames` ([W] or [B, W]; zeros where -1) -> [B, W, ...]."""
+    idx = np.broadcast_to(frames, (history.shape[0], frames.shape[-1]))
+    got = np.take_along_axis(history, np.maximum(idx, 0)[:, :, None, None, None], axis=1)
+    return np.where((idx >= 0)[:, :, None, None, None], got, 0.0).astype(np.float32)
 
   def recache_call(self, state, text: TextKV, recent: Array, chunk_start: int, params=None):
     """A prompt switch's re-cache before the chunk starting at frame `chunk_start` (> 0): recent [B, W, Hl, Wl, C]
-    the output latents of `recache_frames(chunk_start)` (zeros where -1; for a window, the last W frames), `text`
-    the new prompt's. Returns (state, (x0, flow) when calls are recorded else None, {frames, rerun, keys}). `state`
+    the output latents of `recache_frames(state, chunk_start)` (zeros where -1; for a window, the last W frames),
+    `text` the new prompt's. Returns (state, (x0, flow) when calls are recorded else None, {frames, rerun, keys}). `state`
     is donated."""
     if self._recache_width is None:
       raise ValueError("this rollout was built with recache=none")
     params = self.params if params is None else params
     with self.on_mesh():
-      return self._recache(self.model_state, params, state, text, self._per_sample(jnp.asarray(recent)),
-                           jnp.asarray(self.recache_frames(chunk_start), jnp.int32), jnp.int32(chunk_start))
+      frames = jnp.asarray(self.recache_frames(state, chunk_start), jnp.int32)
+      return self._recache(self.model_state, params, state, text, self._per_sample(jnp.asarray(recent)), frames,
+                           jnp.int32(chunk_start))
 
   @property
   def recache_width(self) -> int | None:
@@ -549,11 +559,10 @@ class Rollout:
       if switch:
         event = {"chunk": j, "frame": starts[j], "prompt": prompt, "recached_frames": []}
         if history is not None and starts[j] > 0:
-          frames = self.recache_frames(starts[j])
-          recent = np.where((frames >= 0)[None, :, None, None, None], history[:, np.maximum(frames, 0)], 0.0)
+          recent = self.gather_frames(history, self.recache_frames(state, starts[j]))
           state, _, info = self.recache_call(state, texts[prompt], recent, starts[j], params)
-          event["recached_frames"] = [int(x) for x, k in zip(np.asarray(info["frames"]), np.asarray(info["keys"]))
-                                      if k]
+          frames, keys = (np.asarray(info[k]).reshape(-1, np.asarray(info[k]).shape[-1])[0] for k in ("frames", "keys"))
+          event["recached_frames"] = sorted({int(x) for x, k in zip(frames, keys) if k})
         self.switches.append(event)
       state, out = self.step(state, texts[prompt], j, x, eps, params)
       if history is not None:  # a host copy of each chunk (it waits for the chunk: switches cost their overlap)
