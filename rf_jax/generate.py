@@ -10,11 +10,13 @@ Outputs (written into a temporary folder beside OUT and renamed into place at th
 half-written OUT):
   video.mp4          H.264, 16 fps, when a VAE is given: decoded chunk by chunk during the rollout (one file per
                      sample: video_000.mp4, ... when there are several)
-  latents.npy        float32 [N, frames, C, H, W] (the PyTorch pipeline's layout), streamed chunk by chunk
-  memory_trace.json  per chunk: what the memory held, the RoPE positions, candidates/scores/choice, promotions
-                     (of the first batch)
-  summary.json       frames, chunks, policy, prompts, videos, compile_count, chunk_step_from (cache or compiled),
-                     seconds, peak_bytes, ...
+  latents.npy        float32 [N, initial + frames, C, H, W] (the PyTorch pipeline's layout), streamed chunk by
+                     chunk; the given initial frames (image-to-video, extension) first
+  memory_trace.json  per chunk: its prompt, what the memory held, the RoPE positions, candidates/scores/choice,
+                     promotions (of the first batch); the prompt switches and the frames each re-cached
+  summary.json       frames, chunks, policy, prompts, switches, initial_frames, videos, compile_count,
+                     chunk_step_from (cache or compiled), seconds, peak_bytes, ...
+  motion.json/.png   per-frame motion and colour consistency (the switches marked)
 
 N samples run `batch` at a time through one compiled rollout. With prompts, every prompt's noise is the seed's
 (sample k's video is the one `generate --prompt P_k --seed S` writes alone).
