@@ -28,6 +28,7 @@ from rf_jax.ops.rope import rotate
 Array = jax.Array
 
 BLOCK_KEYS = 128  # a loop step reads about this many memory keys or more: max(1, round(BLOCK_KEYS / Q)) frames
+QUERY_BLOCK = 4096  # a call with more than twice this many queries (a re-cache) runs them this many at a time
 
 
 def frames_per_step(frame_tokens: int, entries: int) -> int:
@@ -42,7 +43,36 @@ def memory_attention(q: Array, k: Array, v: Array, memory: SlotMemory | None = N
   q: [B, T, N, H] (RoPE applied); k, v: [B, S, N, H] the chunk's keys and values; memory: see `SlotMemory`; mask
   among the chunk's tokens (None, BlockCausal, or bool broadcastable to [B, N, T, S]); key_bias: float32 [B, S]
   added to the chunk keys' logits. Returns [B, T, N, H] in q's dtype.
+
+  The chunk's own logits are [B, N, T, S]: a call with many more queries than a chunk has (a prompt switch's
+  re-cache runs a whole window at once) takes its queries QUERY_BLOCK at a time, so they stay [B, N, QUERY_BLOCK, S].
   """
+  if q.shape[1] > 2 * QUERY_BLOCK and not isinstance(mask, BlockCausal):
+    return _query_blocks(q, k, v, memory, mask, key_bias)
+  return _attend(q, k, v, memory, mask, key_bias)
+
+
+def _query_blocks(q, k, v, memory, mask, key_bias):
+  """`_attend` over QUERY_BLOCK queries at a time (lax.map); the rows of a dense mask go with their queries."""
+  b, t, n, h = q.shape
+  nb = -(-t // QUERY_BLOCK)
+  pad = nb * QUERY_BLOCK - t
+  qp = jnp.pad(q, ((0, 0), (0, pad), (0, 0), (0, 0)))
+  if mask is not None:
+    m = jnp.asarray(mask, bool)
+    m = jnp.broadcast_to(m, (*m.shape[:-2], t, m.shape[-1]))  # a query axis of 1 made explicit
+    m = jnp.pad(m, [(0, 0)] * (m.ndim - 2) + [(0, pad), (0, 0)], constant_values=True)
+
+  def one(i):
+    qb = jax.lax.dynamic_slice_in_dim(qp, i * QUERY_BLOCK, QUERY_BLOCK, axis=1)
+    mb = None if mask is None else jax.lax.dynamic_slice_in_dim(m, i * QUERY_BLOCK, QUERY_BLOCK, axis=-2)
+    return _attend(qb, k, v, memory, mb, key_bias)
+
+  out = jax.lax.map(one, jnp.arange(nb))  # [nb, B, QUERY_BLOCK, N, H]
+  return jnp.moveaxis(out, 0, 1).reshape(b, nb * QUERY_BLOCK, n, h)[:, :t]
+
+
+def _attend(q: Array, k: Array, v: Array, memory: SlotMemory | None, mask, key_bias: Array | None) -> Array:
   t, h = q.shape[1], q.shape[-1]
   qh = jnp.swapaxes(q * jnp.asarray(h ** -0.5, q.dtype), 1, 2)  # [B, N, T, H], scaled once (not every logit)
   kh, vh = jnp.swapaxes(k, 1, 2), jnp.swapaxes(v, 1, 2)  # [B, N, S, H]

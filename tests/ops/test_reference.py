@@ -89,3 +89,18 @@ def test_a_layer_of_a_stacked_memory_is_read_in_place():
   np.testing.assert_allclose(np.asarray(run(q, k, v, stacked)), np.asarray(run(q, k, v, mem)), rtol=1e-6,
                              atol=1e-6)
   assert isinstance(stacked.of_layer(), SlotMemory) and stacked.of_layer().k.shape == mem.k.shape
+
+
+@pytest.mark.parametrize("per_sample", [False, True])
+def test_many_queries_run_in_blocks_with_their_mask_rows(monkeypatch, per_sample):
+  """A call with more than 2 x QUERY_BLOCK queries (a re-cache) runs them in blocks (the last one padded): the same
+  answer as the dense oracle, with a memory and a key-validity mask, shared or per sample."""
+  import rf_jax.ops.reference as reference
+  monkeypatch.setattr(reference, "QUERY_BLOCK", 10)
+  q, k, v, mem = make_problem(batch=2, frames=3, frame_tokens=12, entries=3, seed=9)  # 36 queries: 4 blocks
+  t = q.shape[1]
+  keys = np.random.default_rng(2).random((2, t)) < 0.6
+  keys[:, 0] = True
+  mask = jnp.asarray(keys[:, None, None, :] if per_sample else keys[0][None, :].repeat(t, 0))
+  got = reference.memory_attention(q, k, v, mem, mask)
+  assert rel_err(got, q, k, v, mem, mask) <= 1e-5
