@@ -224,19 +224,32 @@ BATCH_AXES = ("data", "fsdp")
 HEAD_AXIS = "tensor"
 
 
-class ComputeDtype(enum.Enum):
-  """The dtype the models compute in (parameters stay float32 unless a checkpoint stores them otherwise)."""
-  FLOAT32 = "float32"
-  BFLOAT16 = "bfloat16"
+class Setting(enum.Enum):
+  """A typed setting spelled as a string in files and on the command line; `parse` takes either."""
 
   @classmethod
-  def parse(cls, value: "str | ComputeDtype") -> "ComputeDtype":
+  def what(cls) -> str:
+    """How an error names the setting."""
+    return "setting"
+
+  @classmethod
+  def parse(cls, value):
     if isinstance(value, cls):
       return value
     try:
       return cls(value)
     except ValueError:
-      raise ValueError(f"compute dtype {value!r}; expected one of {', '.join(d.value for d in cls)}") from None
+      raise ValueError(f"{cls.what()} {value!r}; expected one of {', '.join(v.value for v in cls)}") from None
+
+
+class ComputeDtype(Setting):
+  """The dtype the models compute in (parameters stay float32 unless a checkpoint stores them otherwise)."""
+  FLOAT32 = "float32"
+  BFLOAT16 = "bfloat16"
+
+  @classmethod
+  def what(cls) -> str:
+    return "compute dtype"
 
   @property
   def jnp(self):

@@ -18,12 +18,12 @@ the tests check them.
 
 from __future__ import annotations
 
-import enum
 import os
 
 import jax
 import jax.numpy as jnp
 
+from rf_jax.config import Setting
 from rf_jax.ops import reference
 from rf_jax.ops.kernels import gpu_attention, tpu_attention
 from rf_jax.ops.masks import BlockCausal
@@ -33,7 +33,7 @@ from rf_jax.ops.oracle import dense_mask, gather_memory
 Array = jax.Array
 
 
-class AttnImpl(enum.Enum):
+class AttnImpl(Setting):
   AUTO = "auto"
   REFERENCE = "reference"
   CUDNN = "cudnn"
@@ -41,14 +41,8 @@ class AttnImpl(enum.Enum):
   PALLAS_TPU = "pallas_tpu"
 
   @classmethod
-  def parse(cls, name: "str | AttnImpl") -> "AttnImpl":
-    if isinstance(name, cls):
-      return name
-    try:
-      return cls(name)
-    except ValueError:
-      raise ValueError(f"unknown attention backend {name!r}; expected one of "
-                       f"{', '.join(i.value for i in cls)}") from None
+  def what(cls) -> str:
+    return "unknown attention backend"
 
 
 # What `auto` picks: (platform, dtype kind) -> backend. dtype kind is "half" for bfloat16/float16, else "float32".

@@ -53,3 +53,28 @@ def relative_error(out: np.ndarray, ref: np.ndarray) -> float:
   denom = np.linalg.norm(ref)
   diff = np.linalg.norm(out - ref)
   return float(diff / denom) if denom > 0 else float(diff)
+
+
+def channels_last(x: np.ndarray) -> np.ndarray:
+  """The fixtures' latents [..., C, H, W] -> ours [..., H, W, C]."""
+  return np.moveaxis(x, -3, -1)
+
+
+class Checks:
+  """Comparisons against the arrays `z` of a reference file at max-abs tolerance `tol`. A folder may hold a subset
+  of the arrays (an independent implementation's): an absent one gives None, which the caller skips."""
+
+  def __init__(self, z: dict, tol: float):
+    self.z, self.tol = z, tol
+
+  def exact(self, name: str, ours) -> Comparison | None:
+    return Comparison(name, mismatch(ours, self.z[name]), 0.0, "mismatch") if name in self.z else None
+
+  def max_abs(self, name: str, ours) -> Comparison | None:
+    return Comparison(name, max_abs_error(ours, self.z[name]), self.tol, "max_abs") if name in self.z else None
+
+  def latent(self, name: str, ours) -> Comparison | None:
+    """Latents stored in the fixtures' layout."""
+    if name not in self.z:
+      return None
+    return Comparison(name, max_abs_error(ours, channels_last(self.z[name])), self.tol, "max_abs")

@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from rf_jax.memory import WindowPolicy, policy_from_dict
-from rf_jax.reference.compare import Comparison, max_abs_error, mismatch
+from rf_jax.reference.compare import Checks, Comparison, channels_last, max_abs_error
 from rf_jax.reference.folder import ReferenceFolder
 from rf_jax.reference.rollout import folder_sampler
 from rf_jax.sampling import Rollout
@@ -34,9 +34,6 @@ USED = {"noise", "renoise", "context", "initial_latent", "denoising_step_list_ra
         "call_rolled", "kv_after_chunk_local_end"}
 INIT_USED = {"input", "global_end_index", "local_end_index"}
 
-
-def _cl(x: np.ndarray) -> np.ndarray:
-  return np.moveaxis(x, -3, -1)  # [..., C, H, W] -> [..., H, W, C]
 
 
 def upstream_view(table: np.ndarray, sink: int, held: int) -> set[int]:
@@ -94,19 +91,17 @@ def check_initial(ref: ReferenceFolder, model, abs_tol: float) -> tuple[list[Com
 
 
 def _check_one(ref, z, model, policy: WindowPolicy, sampler, n0: int, f: int, q: int, tol: float):
-  noise = _cl(z["noise"])
+  noise = channels_last(z["noise"])
   b, frames, hl, wl, c = noise.shape
   chunks, steps = frames // f, len(sampler.timesteps)
-  renoise = _cl(z["renoise"]).reshape(chunks, steps - 1, b, f, hl, wl, c)
-  initial = _cl(z["initial_latent"])
+  renoise = channels_last(z["renoise"]).reshape(chunks, steps - 1, b, f, hl, wl, c)
+  initial = channels_last(z["initial_latent"])
   rollout = Rollout(model, policy, sampler, batch=b, latent_hw=(hl, wl), frames=frames, record_calls=True,
                     initial_frames=n0)
   text = rollout.text_kv(jnp.asarray(z["context"]))
   state = rollout.init_state()
-  # A folder may hold a subset of the arrays (an independent implementation's): absent ones give None (skipped).
-  exact = lambda name, ours: name in z and Comparison(name, mismatch(ours, z[name]), 0.0, "mismatch") or None  # noqa: E731
-  max_abs = lambda name, ours: name in z and Comparison(name, max_abs_error(ours, z[name]), tol, "max_abs") or None  # noqa: E731
-  latent = lambda name, ours: name in z and Comparison(name, max_abs_error(ours, _cl(z[name])), tol, "max_abs") or None  # noqa: E731
+  check = Checks(z, tol)
+  exact, max_abs, latent = check.exact, check.max_abs, check.latent
   for i, (first, count) in enumerate(rollout.initial):
     state, (x0, flow), _ = rollout.prefill_call(state, text, initial, i)
     snap = jax.tree.map(np.array, state)

@@ -21,7 +21,7 @@ import numpy as np
 from rf_jax.config import memory_args_from_constructor_args
 from rf_jax.memory import Policy, RelaxPolicy, SlowFastUpstreamPolicy, WindowPolicy, policy_from_dict
 from rf_jax.model.rope import apply_rope, rope_cos_sin
-from rf_jax.reference.compare import Comparison, max_abs_error, mismatch
+from rf_jax.reference.compare import Comparison, channels_last, max_abs_error, mismatch
 from rf_jax.reference.folder import ReferenceFolder
 from rf_jax.sampling import Rollout, Sampler
 
@@ -42,10 +42,6 @@ def folder_sampler(ref: ReferenceFolder) -> Sampler:
   return Sampler.from_steps(args.get("denoising_step_list", (1000, 750, 500, 250)),
                             warp=bool(args.get("warp_denoising_step", True)), shift=float(shift),
                             context_noise=float(args.get("context_noise", 0)), chunk_frames=ref.chunk_frames)
-
-
-def _cl(x: np.ndarray) -> np.ndarray:
-  return np.moveaxis(x, -3, -1)  # [..., C, H, W] -> [..., H, W, C]
 
 
 # Arrays a rollout.npz may hold that are inputs, restate the schedule, or are implied by compared arrays.
@@ -100,11 +96,11 @@ def _check_rollout(ref: ReferenceFolder, z: dict, model, policy: Policy, abs_tol
   if "denoising_step_list" in z:
     yield Comparison("rollout/denoising_step_list", max_abs_error(np.asarray(sampler.timesteps),
                                                                    z["denoising_step_list"]), abs_tol, "max_abs")
-  noise = _cl(z["noise"])  # [B, frames, H, W, C]
+  noise = channels_last(z["noise"])  # [B, frames, H, W, C]
   b, frames, hl, wl, c = noise.shape
   chunks = frames // f
   # renoise: draw 3j+i is [B*F, C, H, W]
-  renoise = _cl(z["renoise"]).reshape(chunks, steps - 1, b, f, hl, wl, c)
+  renoise = channels_last(z["renoise"]).reshape(chunks, steps - 1, b, f, hl, wl, c)
   rollout = Rollout(model, policy, sampler, batch=b, latent_hw=(hl, wl), frames=frames, record_calls=True)
   text = rollout.text_kv(jnp.asarray(z["context"]))
   state = rollout.init_state()
@@ -115,10 +111,10 @@ def _check_rollout(ref: ReferenceFolder, z: dict, model, policy: Policy, abs_tol
     states.append(jax.tree.map(np.array, state))  # a copy: the state is donated to the next step
 
   latents = np.concatenate([o.latents for o in outs], axis=1)
-  yield Comparison("rollout/final_latents", max_abs_error(latents, _cl(z["final_latents"])), abs_tol, "max_abs")
+  yield Comparison("rollout/final_latents", max_abs_error(latents, channels_last(z["final_latents"])), abs_tol, "max_abs")
   if "call_x0_pred" in z:
     call_x0 = np.concatenate([o.call_x0 for o in outs])  # [calls, B, F, H, W, C]
-    yield Comparison("rollout/call_x0_pred", max_abs_error(call_x0, _cl(z["call_x0_pred"])), abs_tol, "max_abs")
+    yield Comparison("rollout/call_x0_pred", max_abs_error(call_x0, channels_last(z["call_x0_pred"])), abs_tol, "max_abs")
   if isinstance(policy, WindowPolicy):
     yield from _check_window(ref, z, policy, states, f, abs_tol)
   elif isinstance(policy, RelaxPolicy):

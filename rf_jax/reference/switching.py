@@ -22,7 +22,7 @@ import numpy as np
 from flax import nnx
 
 from rf_jax.memory import WindowPolicy, policy_from_dict
-from rf_jax.reference.compare import Comparison, max_abs_error, mismatch
+from rf_jax.reference.compare import Checks, Comparison, channels_last
 from rf_jax.reference.folder import ReferenceFolder
 from rf_jax.reference.initial import memory_errors, upstream_view
 from rf_jax.reference.rollout import folder_sampler
@@ -39,9 +39,6 @@ USED = {"noise", "renoise", "prompt_embeds", "switch_frame_indices", "denoising_
         "recache_sink_recache_after_switch"}
 RECACHE_USED = {"global_end_index", "local_end_index", "crossattn_is_init_after", "crossattn_k_after"}
 
-
-def _cl(x: np.ndarray) -> np.ndarray:
-  return np.moveaxis(x, -3, -1)  # [..., C, H, W] -> [..., H, W, C]
 
 
 def full_text_kv(model, context: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -80,19 +77,17 @@ def _check_one(ref, z, model, global_sink: bool, tol: float):
   sampler = folder_sampler(ref)
   f, q, s = sampler.chunk_frames, int(ref.config["frame_seq_length"]), policy.sink_frames
   steps = len(sampler.timesteps)
-  noise = _cl(z["noise"])
+  noise = channels_last(z["noise"])
   b, frames, hl, wl, c = noise.shape
   chunks = frames // f
-  renoise = _cl(z["renoise"]).reshape(chunks, steps - 1, b, f, hl, wl, c)
+  renoise = channels_last(z["renoise"]).reshape(chunks, steps - 1, b, f, hl, wl, c)
   prompts = np.asarray(z["prompt_embeds"])  # [K, B, P, D]
   schedule = PromptSchedule(tuple(int(x) for x in z["switch_frame_indices"]))
   rollout = Rollout(model, policy, sampler, batch=b, latent_hw=(hl, wl), frames=frames, record_calls=True,
                     global_sink=global_sink)
   texts = [rollout.text_kv(jnp.asarray(p)) for p in prompts]
-  # A folder may hold a subset of the arrays (an independent implementation's): absent ones give None (skipped).
-  exact = lambda name, ours: name in z and Comparison(name, mismatch(ours, z[name]), 0.0, "mismatch") or None  # noqa: E731
-  max_abs = lambda name, ours: name in z and Comparison(name, max_abs_error(ours, z[name]), tol, "max_abs") or None  # noqa: E731
-  latent = lambda name, ours: name in z and Comparison(name, max_abs_error(ours, _cl(z[name])), tol, "max_abs") or None  # noqa: E731
+  check = Checks(z, tol)
+  exact, max_abs, latent = check.exact, check.max_abs, check.latent
   plan = schedule.chunk_prompts([j * f for j in range(chunks)])
   yield exact("chunk_prompt", np.asarray([p for p, _ in plan]))
   switch_chunks = [j for j, (_, sw) in enumerate(plan) if sw]

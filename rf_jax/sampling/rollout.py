@@ -442,16 +442,17 @@ class Rollout:
     got = np.take_along_axis(history, np.maximum(idx, 0)[:, :, None, None, None], axis=1)
     return np.where((idx >= 0)[:, :, None, None, None], got, 0.0).astype(np.float32)
 
-  def recache_call(self, state, text: TextKV, recent: Array, chunk_start: int, params=None):
+  def recache_call(self, state, text: TextKV, recent: Array, chunk_start: int, params=None,
+                   frames: np.ndarray | None = None):
     """A prompt switch's re-cache before the chunk starting at frame `chunk_start` (> 0): recent [B, W, Hl, Wl, C]
     the output latents of `recache_frames(state, chunk_start)` (zeros where -1; for a window, the last W frames),
-    `text` the new prompt's. Returns (state, (x0, flow) when calls are recorded else None, {frames, rerun, keys}). `state`
-    is donated."""
+    `text` the new prompt's; `frames`: those frames when the caller already has them. Returns (state, (x0, flow)
+    when calls are recorded else None, {frames, rerun, keys}). `state` is donated."""
     if self._recache_width is None:
       raise ValueError("this rollout was built with recache=none")
     params = self.params if params is None else params
     with self.on_mesh():
-      frames = jnp.asarray(self.recache_frames(state, chunk_start), jnp.int32)
+      frames = jnp.asarray(self.recache_frames(state, chunk_start) if frames is None else frames, jnp.int32)
       return self._recache(self.model_state, params, state, text, self._per_sample(jnp.asarray(recent)), frames,
                            jnp.int32(chunk_start))
 
@@ -559,8 +560,9 @@ class Rollout:
       if switch:
         event = {"chunk": j, "frame": starts[j], "prompt": prompt, "recached_frames": []}
         if history is not None and starts[j] > 0:
-          recent = self.gather_frames(history, self.recache_frames(state, starts[j]))
-          state, _, info = self.recache_call(state, texts[prompt], recent, starts[j], params)
+          frames = self.recache_frames(state, starts[j])
+          recent = self.gather_frames(history, frames)
+          state, _, info = self.recache_call(state, texts[prompt], recent, starts[j], params, frames=frames)
           frames, keys = (np.asarray(info[k]).reshape(-1, np.asarray(info[k]).shape[-1])[0] for k in ("frames", "keys"))
           event["recached_frames"] = sorted({int(x) for x, k in zip(frames, keys) if k})
         self.switches.append(event)
