@@ -1,6 +1,8 @@
 """Structured KV memory: a fixed-shape pytree of frame slots and the policies that fill and show it.
 
-  window     Self-Forcing's cache (window + sink; LongLive, Rolling Forcing and Infinity-RoPE position schemes)
+  window         Self-Forcing's cache (window + sink; LongLive, Rolling Forcing position schemes)
+  infinity_rope  Infinity-RoPE exactly: Block-Relativistic RoPE over upstream's slot buffer, KV Flush, RoPE Cut
+  deep_forcing   Deep Forcing: deep sink, token-level participative compression (top-C), sink re-alignment
   relax      Relax Forcing: sink / relaxation-scored history / tail, hybrid or absolute RoPE
   slow_fast  Context Forcing: sink / promoted slow frames / fast window, bounded RoPE; mode "clean"
              (`SlowFastPolicy`) or "upstream" (`SlowFastUpstreamPolicy`, the official code's per-layer decisions)
@@ -15,13 +17,15 @@ import dataclasses
 from typing import Any
 
 from rf_jax.memory.base import CallView, Chunk, Policy, Recache, RecachePlan, check_video_length, moved_by
+from rf_jax.memory.infinity_rope import InfinityRoPEPolicy
 from rf_jax.memory.relax import RelaxPolicy, candidate_table
 from rf_jax.memory.reservoir import Geometry, Reservoir
 from rf_jax.memory.slow_fast import SlowFastPolicy
 from rf_jax.memory.slow_fast_upstream import SlowFastUpstreamPolicy
 from rf_jax.memory.window import WindowPolicy
 
-POLICIES: dict[str, type[Policy]] = {"window": WindowPolicy, "relax": RelaxPolicy, "slow_fast": SlowFastPolicy}
+POLICIES: dict[str, type[Policy]] = {"window": WindowPolicy, "relax": RelaxPolicy, "slow_fast": SlowFastPolicy,
+                                     "infinity_rope": InfinityRoPEPolicy}
 MODES: dict[str, dict[str, type[Policy]]] = {  # policies with several modes: mode -> class (the first is the default)
     "slow_fast": {"clean": SlowFastPolicy, "upstream": SlowFastUpstreamPolicy}}
 _ALIASES = {"lambda": "lam"}  # memory-block key -> field
@@ -29,9 +33,10 @@ _ALIASES = {"lambda": "lam"}  # memory-block key -> field
 # Every setting a policy has, by field: (type, one line for the command line's help). `--FIELD-NAME` flags are made
 # from this table (--lambda for lam).
 SETTINGS: dict[str, tuple[type, str]] = {
-    "window_frames": (int, "window: frames attended incl. the chunk; -1 = all"),
-    "sink_frames": (int, "window / relax / slow_fast: frames kept from the start"),
-    "positions": (str, "window: absolute|relocated_sink|window_relative; relax: hybrid|absolute"),
+    "window_frames": (int, "window / infinity_rope: frames attended incl. the chunk; -1 = all (window)"),
+    "sink_frames": (int, "every policy: frames kept from the start"),
+    "positions": (str, "window: absolute|relocated_sink|end_aligned; relax: hybrid|absolute"),
+    "rope_cut_frame": (int, "infinity_rope: where a RoPE cut puts the cut block (default 45)"),
     "history_frames": (int, "relax: history frames picked per chunk (default 1)"),
     "tail_frames": (int, "relax: frames right before the chunk (default 1)"),
     "num_candidates": (int, "relax: history candidates per chunk (default 4)"),
@@ -52,6 +57,8 @@ def policy_from_dict(d: dict[str, Any], *, source: str = "memory", **overrides: 
   if not isinstance(d, dict) or "policy" not in d:
     raise ValueError(f"{source}: expected an object with a 'policy' key ({', '.join(POLICIES)})")
   d = {**{_ALIASES.get(k, k): v for k, v in d.items()}, **overrides}
+  if d["policy"] == "window" and d.get("positions") == "window_relative":  # what the IR fixtures call Infinity-RoPE
+    d = {**{k: v for k, v in d.items() if k != "positions"}, "policy": "infinity_rope"}
   name = d["policy"]
   if name not in POLICIES:
     raise ValueError(f"{source}: unknown policy {name!r}; expected one of {', '.join(POLICIES)}")
@@ -100,6 +107,6 @@ def _public(field: str) -> str:
   return {v: k for k, v in _ALIASES.items()}.get(field, field)
 
 
-__all__ = ["CallView", "Chunk", "Geometry", "MODES", "Recache", "RecachePlan", "POLICIES", "Policy", "RelaxPolicy", "Reservoir",
+__all__ = ["CallView", "Chunk", "Geometry", "InfinityRoPEPolicy", "MODES", "Recache", "RecachePlan", "POLICIES", "Policy", "RelaxPolicy", "Reservoir",
            "SlowFastPolicy", "SlowFastUpstreamPolicy", "WindowPolicy", "candidate_table", "check_video_length",
            "moved_by", "policy_from_dict", "policy_to_dict", "public_name", "SETTINGS"]

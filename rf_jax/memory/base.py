@@ -52,10 +52,12 @@ class Chunk(NamedTuple):
 
 class CallView(NamedTuple):
   """What one model call sees: the memory (with the extra turn of each moved entry), the positions the chunk is
-  rotated at (in the frame of reference of the memory's stored keys), and an optional per-layer hook."""
+  rotated at (in the frame of reference of the memory's stored keys), an optional per-layer hook, and where the
+  queries sit when a policy puts them elsewhere than the chunk's own keys (Infinity-RoPE)."""
   memory: MemoryView | None
   chunk_pos: Array  # int32 [F], or [B, F] when samples place the chunk differently
   hook: LayerHook | None = None
+  query_pos: Array | None = None  # int32 [F]; None: at chunk_pos
 
 
 class Recache(enum.Enum):
@@ -63,6 +65,7 @@ class Recache(enum.Enum):
   NONE = "none"  # the prompt changes; the memory keeps its keys
   WINDOW = "window"  # LongLive: the frames the window covers
   ALL_MEMORY = "all_memory"  # every frame the memory holds
+  FLUSH = "flush"  # Infinity-RoPE's KV Flush: the sink and the last two slots stay, nothing re-runs
 
 
 class RecachePlan(NamedTuple):
@@ -133,6 +136,7 @@ class Policy:
   # ----------------------------------------------------------------------------------------- prompt switches
 
   default_recache = Recache.NONE  # what a switch re-caches unless told
+  scene_events = False  # whether `scene_event` (KV Flush, RoPE Cut) exists
 
   def recache_width(self, geom: Geometry, recache: Recache) -> int:
     """W: how many frames a re-cache in mode `recache` re-runs at most (the compiled width); raises for a mode the
@@ -155,6 +159,10 @@ class Policy:
   def recache_store(self, params, state, plan: RecachePlan, kv, chunk: Chunk, keep_sink: bool) -> Any:
     """After the re-cache call: the memory holding the re-run frames' keys/values kv [L, B, W, Q, N, H]."""
     raise NotImplementedError
+
+  def scene_event(self, params, state, flush: Array, cut: Array):
+    """A scene boundary before the next chunk (traced flags): Infinity-RoPE's KV Flush and RoPE Cut."""
+    raise ValueError(f"memory policy {self.name!r} has no scene events (KV Flush, RoPE Cut: infinity_rope's)")
 
   def describe(self, chunk: int, trace: dict[str, np.ndarray], calls: dict[str, np.ndarray]) -> dict[str, Any]:
     """JSON-ready diagnostics of one chunk, from its trace (batch leading) and its per-call traces."""

@@ -10,8 +10,10 @@ Position schemes (`positions`):
   absolute         the frame index (Self-Forcing, LongLive 1.0).
   relocated_sink   the sink is placed right before the oldest non-sink frame of the window, so that every
                    offset stays inside the window (Rolling Forcing, the attention-sink baseline).
-  window_relative  the sink keeps positions 0..S-1 and the rest of the window is numbered so that the chunk ends
-                   at window_frames - 1 (Infinity-RoPE's block-relativistic RoPE).
+  end_aligned      the sink keeps positions 0..S-1 and the rest of the window is numbered so that the chunk ends
+                   at window_frames - 1 in every chunk. It resembles Infinity-RoPE's Block-Relativistic RoPE once
+                   the buffer is full, but not before, and has no flush or cut: Infinity-RoPE itself is the policy
+                   `infinity_rope` (a memory block {"policy": "window", "positions": "window_relative"} means it).
 Once the window is full, the two relative schemes coincide. In every scheme the frames after the sink keep their
 offsets to the chunk, so they are read as stored; only the sink is turned (`MemoryView.shift`).
 """
@@ -31,18 +33,21 @@ from rf_jax.model.dit import MemoryView
 
 Array = jax.Array
 
-POSITIONS = ("absolute", "relocated_sink", "window_relative")
+POSITIONS = ("absolute", "relocated_sink", "end_aligned")
 
 
 @dataclasses.dataclass(frozen=True)
 class WindowPolicy(Policy):
   window_frames: int = -1  # frames attended by a call, its own chunk included; -1 = the whole video
   sink_frames: int = 0
-  positions: Literal["absolute", "relocated_sink", "window_relative"] = "absolute"
+  positions: Literal["absolute", "relocated_sink", "end_aligned"] = "absolute"
 
   name = "window"
 
   def validate(self, chunk_frames: int) -> None:
+    if self.positions == "window_relative":
+      raise ValueError("window: positions='window_relative' is Infinity-RoPE: use the policy infinity_rope "
+                       "(InfinityRoPEPolicy), or positions='end_aligned' for the chunk-at-the-end numbering")
     if self.positions not in POSITIONS:
       raise ValueError(f"window: positions={self.positions!r}; expected one of {', '.join(POSITIONS)}")
     if self.sink_frames < 0:
@@ -69,7 +74,7 @@ class WindowPolicy(Policy):
     if self.positions == "relocated_sink":
       oldest = jnp.min(jnp.where(valid & ~is_sink, res.frame, c), axis=1, keepdims=True)  # [B, 1]
       pos = jnp.where(is_sink, oldest - s + res.frame, res.frame)
-    elif self.positions == "window_relative":
+    elif self.positions == "end_aligned":
       shift = res.capacity - c  # the chunk starts at window - F = capacity
       pos = jnp.where(is_sink, res.frame, res.frame + shift)
       chunk_pos = chunk_pos + shift

@@ -30,7 +30,15 @@ class FrameKV(NamedTuple):
   v: Array
 
 
-MemoryFn = Callable[["FrameKV"], tuple[SlotMemory, Any]]
+class ChunkQKV(NamedTuple):
+  """What a memory function sees of the chunk in one layer: its pre-RoPE keys, raw values and pre-RoPE queries
+  (after the q/k RMSNorms), each [B, F, Q, N, H]."""
+  k: Array
+  v: Array
+  q: Array
+
+
+MemoryFn = Callable[[ChunkQKV], tuple[SlotMemory, Any]]
 
 
 def _linear(din: int, dout: int, *, dtype, param_dtype, rngs: nnx.Rngs) -> nnx.Linear:
@@ -53,9 +61,11 @@ class _Attention(nnx.Module):
 class SelfAttention(_Attention):
 
   def __call__(self, x: Array, cos: Array, sin: Array, mask: BlockCausal | Array | None,
-               memory: SlotMemory | MemoryFn | None = None) -> tuple[Array, FrameKV, Any]:
+               memory: SlotMemory | MemoryFn | None = None,
+               q_rope: tuple[Array, Array] | None = None) -> tuple[Array, FrameKV, Any]:
     """x: [B, F, Q, D]; cos/sin: [F, Q, H/2] (or [B, F, Q, H/2]) at the chunk's positions; mask among the chunk's
-    own tokens: None (full), a BlockCausal structure, or a dense bool [T, T].
+    own tokens: None (full), a BlockCausal structure, or a dense bool [T, T]. `q_rope`: (cos, sin) of the queries
+    when they sit elsewhere than the chunk's own keys (None: at the same positions).
 
     `memory` is either the memory's keys/values for this layer, or a function that builds them from the chunk's
     own pre-RoPE keys/values (a policy that decides inside the layer, such as Context Forcing's per-layer
@@ -64,19 +74,25 @@ class SelfAttention(_Attention):
     """
     b, f, q_len, d = x.shape
     n = self.num_heads
-    q = self.q(x)
-    if self.norm_q is not None:
-      q = self.norm_q(q)
-    q = q.reshape(b, f, q_len, n, d // n)  # [B, F, Q, N, H]
+    q = self.project_q(x)  # [B, F, Q, N, H]
     chunk_kv = k, v = self.project_kv(x)
     aux = None
     if callable(memory):
-      memory, aux = memory(chunk_kv)
-    q_rot, k_rot = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+      memory, aux = memory(ChunkQKV(k, v, q))
+    q_cos, q_sin = q_rope if q_rope is not None else (cos, sin)
+    q_rot, k_rot = apply_rope(q, q_cos, q_sin), apply_rope(k, cos, sin)
     flat = lambda y: y.reshape(b, -1, n, d // n)  # noqa: E731  [B, T, N, H]
     out = attention(flat(q_rot), flat(k_rot), flat(v), memory=memory, mask=mask, impl=self.attn_impl)
     return self.o(out.reshape(b, f, q_len, d)), chunk_kv, aux
 
+
+  def project_q(self, x: Array) -> Array:
+    """x: [B, F, Q, D] -> the pre-RoPE queries (normed) [B, F, Q, N, H]."""
+    b, f, q_len, d = x.shape
+    q = self.q(x)
+    if self.norm_q is not None:
+      q = self.norm_q(q)
+    return q.reshape(b, f, q_len, self.num_heads, d // self.num_heads)
 
   def project_kv(self, x: Array) -> FrameKV:
     """x: [B, F, Q, D] -> the chunk's pre-RoPE keys (normed) and values [B, F, Q, N, H]."""

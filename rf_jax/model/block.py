@@ -17,7 +17,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from rf_jax.config import ModelConfig
-from rf_jax.model.attention import CrossAttention, FrameKV, MemoryFn, SelfAttention
+from rf_jax.model.attention import ChunkQKV, CrossAttention, FrameKV, MemoryFn, SelfAttention
 from rf_jax.model.layers import LayerNorm, gelu_tanh, layer_norm, modulate
 from rf_jax.ops import AttnImpl, SlotMemory
 
@@ -45,9 +45,10 @@ class WanBlock(nnx.Module):
     )
 
   def __call__(self, x: Array, e0: Array, text_k: Array, text_v: Array, text_bias: Array | None, cos: Array,
-               sin: Array, mask, memory: SlotMemory | MemoryFn | None = None) -> tuple[Array, FrameKV, Any]:
+               sin: Array, mask, memory: SlotMemory | MemoryFn | None = None,
+               q_rope: tuple[Array, Array] | None = None) -> tuple[Array, FrameKV, Any]:
     """x: [B, F, Q, D] float32; e0: [B, F, 6, D] float32 time projection; text_k/v [B, P, N, H] and text_bias
-    [B, P] (or None) from `TextKV`.
+    [B, P] (or None) from `TextKV`; q_rope: the queries' own (cos, sin), see `SelfAttention`.
 
     Returns (x, the chunk's pre-RoPE k/v, the memory function's aux or None); see `SelfAttention`.
     """
@@ -55,7 +56,7 @@ class WanBlock(nnx.Module):
     shift_sa, scale_sa, gate_sa, shift_ffn, scale_ffn, gate_ffn = (m[:, :, i, None, :] for i in range(6))
 
     h = modulate(layer_norm(x, self.eps), shift_sa, scale_sa).astype(self.dtype)
-    y, chunk_kv, aux = self.self_attn(h, cos, sin, mask, memory)
+    y, chunk_kv, aux = self.self_attn(h, cos, sin, mask, memory, q_rope)
     x = x + y.astype(jnp.float32) * gate_sa
 
     h = (self.norm3(x) if self.norm3 is not None else x).astype(self.dtype)
@@ -72,5 +73,5 @@ class WanBlock(nnx.Module):
     m = self.modulation[...].astype(jnp.float32) + e0  # [B, F, 6, D]
     h = modulate(layer_norm(x, self.eps), m[:, :, 0, None, :], m[:, :, 1, None, :]).astype(self.dtype)
     chunk_kv = self.self_attn.project_kv(h)
-    aux = memory(chunk_kv)[1] if callable(memory) else None
+    aux = memory(ChunkQKV(*chunk_kv, self.self_attn.project_q(h)))[1] if callable(memory) else None
     return x, chunk_kv, aux

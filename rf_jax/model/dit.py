@@ -25,7 +25,7 @@ import numpy as np
 from flax import nnx
 
 from rf_jax.config import ModelConfig
-from rf_jax.model.attention import FrameKV
+from rf_jax.model.attention import ChunkQKV, FrameKV
 from rf_jax.model.block import WanBlock
 from rf_jax.model.layers import gelu_tanh, layer_norm, modulate, sinusoidal_embedding
 from rf_jax.model.rope import rope_cos_sin, shift_cos_sin
@@ -64,12 +64,13 @@ class MemoryView(NamedTuple):
 class LayerHook(NamedTuple):
   """A memory that decides inside each layer (Context Forcing's per-layer promotion).
 
-  `fn(xs_l, chunk) -> ((k, v), aux_l)` runs in layer l after the chunk's keys/values are projected and before
-  attention: `xs_l` is layer l's slice of `xs` (a pytree with a leading layer axis L), `chunk` the chunk's
-  pre-RoPE FrameKV [B, F, Q, N, H]; it returns the memory keys/values [B, N, M, Q, H] that layer attends to (at
-  the shifts and validity of the call's `MemoryView`) and any per-layer output, stacked over layers.
+  `fn(xs_l, chunk) -> ((k, v[, valid]), aux_l)` runs in layer l after the chunk's queries, keys and values are
+  projected and before attention: `xs_l` is layer l's slice of `xs` (a pytree with a leading layer axis L),
+  `chunk` the chunk's pre-RoPE `ChunkQKV` [B, F, Q, N, H]; it returns the memory keys/values [B, N, M, Q, H] that
+  layer attends to (at the shifts of the call's `MemoryView`, and at its validity unless the layer gives its own
+  bool [B, M]: a memory whose layers hold different entries) and any per-layer output, stacked over layers.
   """
-  fn: Callable[[Any, FrameKV], tuple[tuple[Array, Array], Any]]
+  fn: Callable[[Any, ChunkQKV], tuple[tuple[Array, ...], Any]]
   xs: Any
 
 
@@ -183,7 +184,7 @@ class CausalWanDiT(nnx.Module):
 
   def __call__(self, x: Array, t: Array, text: TextKV, *, frame_pos: Array,
                self_mask: BlockCausal | Array | np.ndarray | None,
-               memory: MemoryView | None = None) -> tuple[Array, FrameKV]:
+               memory: MemoryView | None = None, query_pos: Array | None = None) -> tuple[Array, FrameKV]:
     """One call of the DiT on a chunk.
 
     Args:
@@ -195,27 +196,28 @@ class CausalWanDiT(nnx.Module):
         `BlockCausal` structure (training; every backend), or a dense bool [T, T] (reference/cudnn only).
       memory: the memory slots to attend to besides the chunk, or None. frame_pos and the memory's stored
         positions plus shifts live in one frame of reference (RoPE sees only their differences).
+      query_pos: int [F], where the chunk's queries sit when not at its keys' `frame_pos` (None: there).
 
     Returns:
       flow prediction [B, F, Hl, Wl, C] in float32, and the chunk's pre-RoPE keys/values [L, B, F, Q, N, H].
     """
-    flow, chunk_kv, _ = self._forward(x, t, text, frame_pos, self_mask, memory, None)
+    flow, chunk_kv, _ = self._forward(x, t, text, frame_pos, self_mask, memory, None, query_pos)
     return flow, chunk_kv
 
   def call_with_hook(self, x: Array, t: Array, text: TextKV, *, frame_pos: Array,
                      self_mask: BlockCausal | Array | np.ndarray | None, memory: MemoryView | None,
-                     hook: LayerHook | None) -> tuple[Array, FrameKV, Any]:
+                     hook: LayerHook | None, query_pos: Array | None = None) -> tuple[Array, FrameKV, Any]:
     """Like `__call__`, but each layer's memory keys/values come from `hook` (`memory.k/v` are ignored and may be
     None). Returns (flow, chunk FrameKV [L, B, F, Q, N, H], the hook's per-layer outputs stacked over L; None
     without a hook)."""
-    return self._forward(x, t, text, frame_pos, self_mask, memory, hook)
+    return self._forward(x, t, text, frame_pos, self_mask, memory, hook, query_pos)
 
   def refill_kv(self, x: Array, t: Array, text: TextKV, *, frame_pos: Array, memory: MemoryView | None,
-                hook: LayerHook | None = None) -> tuple[FrameKV, Any]:
+                hook: LayerHook | None = None, query_pos: Array | None = None) -> tuple[FrameKV, Any]:
     """The keys and values a call on x would produce, without what only the flow needs: the last layer stops after
     its key/value projections and the head does not run. Returns (chunk FrameKV [L, B, F, Q, N, H], the hook's
     per-layer outputs or None): what the memory stores after a chunk (the refill)."""
-    _, chunk_kv, hook_out = self._forward(x, t, text, frame_pos, None, memory, hook, keys_only=True)
+    _, chunk_kv, hook_out = self._forward(x, t, text, frame_pos, None, memory, hook, query_pos, keys_only=True)
     return chunk_kv, hook_out
 
   def _embed(self, x: Array, t: Array) -> "_Embedded":
@@ -233,7 +235,7 @@ class CausalWanDiT(nnx.Module):
     return _Embedded(patches, e, e0)
 
   def _layer_step(self, x: Array, text: TextKV, frame_pos: Array, self_mask, memory: MemoryView | None,
-                  hook: LayerHook | None, e0: Array):
+                  hook: LayerHook | None, e0: Array, query_pos: Array | None = None):
     """(step(h, xs, just_keys=False) -> (h, chunk FrameKV, hook aux), xs): one block of the scan and what it scans
     over (each block's parameters, text keys/values, hook inputs and index)."""
     cfg = self.config
@@ -241,6 +243,7 @@ class CausalWanDiT(nnx.Module):
     _, ph, pw = cfg.patch_size
     hp, wp = hl // ph, wl // pw
     cos, sin = rope_cos_sin(frame_pos, (hp, wp), cfg.head_dim)  # [F, Q, H/2]
+    q_rope = None if query_pos is None else rope_cos_sin(query_pos, (hp, wp), cfg.head_dim)
     mask = self_mask if self_mask is None or isinstance(self_mask, BlockCausal) else jnp.asarray(self_mask, bool)
     mem_cos = mem_sin = mem_xs = None
     if memory is not None:
@@ -258,12 +261,12 @@ class CausalWanDiT(nnx.Module):
       elif hook is None:  # every layer's memory stays stacked: attention reads layer `index`'s frames in place
         mem = SlotMemory(memory.k, memory.v, memory.slots, memory.valid, mem_cos, mem_sin, index)
       else:
-        def mem(chunk_kv):
-          (k, v), aux = hook.fn(mem_l, chunk_kv)
-          return SlotMemory(k, v, None, memory.valid, mem_cos, mem_sin), aux
+        def mem(chunk: ChunkQKV):
+          (k, v, *valid), aux = hook.fn(mem_l, chunk)
+          return SlotMemory(k, v, None, valid[0] if valid else memory.valid, mem_cos, mem_sin), aux
       if just_keys:  # the refill's last layer: its output would feed only the head
         return block.keys_only(h, e0, mem)
-      return block(h, e0, text_k, text_v, text.bias, cos, sin, mask, mem)
+      return block(h, e0, text_k, text_v, text.bias, cos, sin, mask, mem, q_rope)
 
     return step, (state, text.k, text.v, mem_xs, jnp.arange(cfg.num_layers, dtype=jnp.int32))
 
@@ -281,13 +284,13 @@ class CausalWanDiT(nnx.Module):
       out = (x.astype(jnp.float32) - out) / sigma
     return out, raw
 
-  def _forward(self, x, t, text, frame_pos, self_mask, memory, hook, keys_only: bool = False):
+  def _forward(self, x, t, text, frame_pos, self_mask, memory, hook, query_pos=None, keys_only: bool = False):
     cfg = self.config
     b, f = x.shape[:2]
     emb = self._embed(x, t)
     tokens = emb.patches.reshape(b, f, -1, cfg.dim).astype(jnp.float32)  # [B, F, Q, D]
     e, e0 = emb.e.reshape(b, f, cfg.dim), emb.e0.reshape(b, f, 6, cfg.dim)
-    step, xs = self._layer_step(x, text, frame_pos, self_mask, memory, hook, e0)
+    step, xs = self._layer_step(x, text, frame_pos, self_mask, memory, hook, e0, query_pos)
     if keys_only:  # layers 0..L-2 in a loop that reads each layer in place, then the last layer's keys
       take = lambda i: jax.tree.map(lambda a: a[i], xs)  # noqa: E731
       last = cfg.num_layers - 1

@@ -19,16 +19,21 @@ import jax.numpy as jnp
 import numpy as np
 
 from rf_jax.config import memory_args_from_constructor_args
-from rf_jax.memory import Policy, RelaxPolicy, SlowFastUpstreamPolicy, WindowPolicy, policy_from_dict
+from rf_jax.memory import InfinityRoPEPolicy, Policy, RelaxPolicy, SlowFastUpstreamPolicy, WindowPolicy, policy_from_dict
 from rf_jax.model.rope import apply_rope, rope_cos_sin
 from rf_jax.reference.compare import Comparison, channels_last, max_abs_error, mismatch
 from rf_jax.reference.folder import ReferenceFolder
+from rf_jax.reference.infinity_rope import USED as INFINITY_USED, check_infinity_rope
 from rf_jax.sampling import Rollout, Sampler
 
 
 def folder_policy(ref: ReferenceFolder) -> Policy:
-  """The `memory` block of config.json, else a window from constructor_args (local_attn_size, sink_size)."""
+  """The `memory` block of config.json, else a window from constructor_args (local_attn_size, sink_size). Scene
+  events (Infinity-RoPE) are the rollout's, not the policy's: `rf_jax.reference.infinity_rope` reads them."""
   if "memory" in ref.config:
+    if "scene_events" in ref.config["memory"]:
+      return policy_from_dict({k: v for k, v in ref.config["memory"].items() if k != "scene_events"},
+                              source=f"{ref.path}/config.json: memory")
     return policy_from_dict(ref.config["memory"], source=f"{ref.path}/config.json: memory")
   local, sink = memory_args_from_constructor_args(ref.config["constructor_args"])
   return WindowPolicy(window_frames=local, sink_frames=sink)
@@ -55,7 +60,7 @@ _USED = {"noise", "renoise", "context", "denoising_step_list_raw", "sched_sigmas
 def unchecked_arrays(z: dict, results: list[Comparison]) -> list[str]:
   """Arrays of rollout.npz that this version neither used nor compared (reported, never silently skipped)."""
   compared = {r.name.split("/", 1)[1] for r in results if r.name.startswith("rollout/")}
-  return sorted(k for k in z if k not in compared and k not in _USED)
+  return sorted(k for k in z if k not in compared and k not in _USED | INFINITY_USED)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,6 +76,9 @@ class ForcedRelax(RelaxPolicy):
 
 def check_rollout(ref: ReferenceFolder, z: dict, model, abs_tol: float) -> Iterator[Comparison]:
   policy = folder_policy(ref)
+  if isinstance(policy, InfinityRoPEPolicy):
+    yield from check_infinity_rope(ref, z, model, folder_sampler(ref), abs_tol)
+    return
   yield from _check_rollout(ref, z, model, policy, abs_tol)
   if isinstance(policy, RelaxPolicy) and policy.history_frames == 1:
     for key in sorted(k for k in z if k.startswith("chunk_selected_hist_frame_force_")):

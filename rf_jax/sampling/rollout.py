@@ -120,11 +120,12 @@ def _chunk_step(graphdef, policy: Policy, sampler: Sampler, record_calls: bool, 
     view = policy.call_view(params, st, ctx, chunk)
     t = jnp.full((b, f), timesteps[k].astype(jnp.float32))
     if view.hook is None:
-      flow, _ = model(x, t, text, frame_pos=view.chunk_pos, self_mask=None, memory=view.memory)
+      flow, _ = model(x, t, text, frame_pos=view.chunk_pos, self_mask=None, memory=view.memory,
+                      query_pos=view.query_pos)
       aux = None
     else:
       flow, _, aux = model.call_with_hook(x, t, text, frame_pos=view.chunk_pos, self_mask=None,
-                                           memory=view.memory, hook=view.hook)
+                                           memory=view.memory, hook=view.hook, query_pos=view.query_pos)
     st, call_trace = policy.after_call(params, st, ctx, aux)
     x0 = x - sig[k] * flow  # [B, F, Hl, Wl, C] float32
     e = sampler.step_noise(renoise[jnp.minimum(k, n_steps - 2)].astype(jnp.float32) if n_steps > 1 else x0, x,
@@ -140,11 +141,12 @@ def _chunk_step(graphdef, policy: Policy, sampler: Sampler, record_calls: bool, 
   t = jnp.full((b, f), sampler.context_noise, jnp.float32)
   if record_calls:
     flow, kv, aux = model.call_with_hook(latents, t, text, frame_pos=view.chunk_pos, self_mask=None,
-                                         memory=view.memory, hook=view.hook)
+                                         memory=view.memory, hook=view.hook, query_pos=view.query_pos)
     sigma = sampler.schedule.sigma(jnp.asarray([sampler.context_noise], jnp.float32))[0]
     call_x0 = jnp.concatenate([call_x0, (latents - sigma * flow)[None]])
   else:
-    kv, aux = model.refill_kv(latents, t, text, frame_pos=view.chunk_pos, memory=view.memory, hook=view.hook)
+    kv, aux = model.refill_kv(latents, t, text, frame_pos=view.chunk_pos, memory=view.memory, hook=view.hook,
+                              query_pos=view.query_pos)
   mem_state, refill_trace = policy.after_call(params, mem_state, ctx, aux)
   calls = jax.tree.map(lambda a, r: jnp.concatenate([a, r[None]]), calls, refill_trace)  # [S + 1, ...]
   mem_state, trace = policy.end_chunk(params, mem_state, ctx, kv, chunk)
@@ -168,10 +170,11 @@ def _context_step(graphdef, policy: Policy, sampler: Sampler, record: bool, coun
   x = latents.astype(jnp.float32)
   if record:
     flow, kv, aux = model.call_with_hook(x, t, text, frame_pos=view.chunk_pos, self_mask=None, memory=view.memory,
-                                         hook=view.hook)
+                                         hook=view.hook, query_pos=view.query_pos)
     out = (x - flow * sampler.schedule.sigma(jnp.zeros((1,), jnp.float32))[0], flow)
   else:
-    kv, aux = model.refill_kv(x, t, text, frame_pos=view.chunk_pos, memory=view.memory, hook=view.hook)
+    kv, aux = model.refill_kv(x, t, text, frame_pos=view.chunk_pos, memory=view.memory, hook=view.hook,
+                              query_pos=view.query_pos)
     out = None
   mem_state, _ = policy.after_call(params, mem_state, ctx, aux)
   mem_state, trace = policy.end_chunk(params, mem_state, ctx, kv, chunk)
@@ -321,14 +324,23 @@ class Rollout:
     self.global_sink = bool(global_sink)
     self._recache_traces = [0]
     self._recache_width, self._recache_error = None, None
-    if self.recache is not Recache.NONE:
+    self._flush = self.recache is Recache.FLUSH
+    if self._flush and not policy.scene_events:
+      self._recache_error = (f"recache=flush is Infinity-RoPE's KV Flush; memory policy {policy.name!r} has none "
+                             f"(use {policy.default_recache.value} or none)")
+    elif self.recache is not Recache.NONE:
       try:
-        self._recache_width = policy.recache_width(self.geometry, self.recache)
+        width = policy.recache_width(self.geometry, self.recache)
+        self._recache_width = None if self._flush else width
       except ValueError as e:  # raised when a switch asks for it (a run without switches needs none)
         self._recache_error = str(e)
+    if self._recache_width is not None:
       self._recache = jax.jit(functools.partial(_recache_step, self.graphdef, policy.static_part(), sampler,
                                                 record_calls, self.global_sink, self._recache_traces),
                               donate_argnums=(2,))
+    static = policy.static_part()
+    self._event = jax.jit(lambda params, state, flush, cut: static.scene_event(params, state, flush, cut),
+                          donate_argnums=(1,))
     if mesh is None:
       self._init = jax.jit(lambda: policy.init(self.geometry))
       self._step = jax.jit(step, donate_argnums=(2,))
@@ -456,6 +468,12 @@ class Rollout:
       return self._recache(self.model_state, params, state, text, self._per_sample(jnp.asarray(recent)), frames,
                            jnp.int32(chunk_start))
 
+  def scene_event(self, state, *, flush: bool, cut: bool, params=None):
+    """A scene boundary before the next chunk (Infinity-RoPE): KV Flush and/or RoPE Cut. `state` is donated."""
+    params = self.params if params is None else params
+    with self.on_mesh():
+      return self._event(params, state, jnp.asarray(flush), jnp.asarray(cut))
+
   @property
   def recache_width(self) -> int | None:
     return self._recache_width
@@ -521,6 +539,8 @@ class Rollout:
     schedule.check(self.initial_frames + self.frames)
     if schedule.num_prompts > 1 and self._recache_error:
       raise ValueError(self._recache_error)
+    if schedule.has_cuts and not self.policy.scene_events:
+      raise ValueError(f"a RoPE cut is an Infinity-RoPE scene event; memory policy {self.policy.name!r} has none")
     texts = [self.text_kv(c) for c in (context if context.ndim == 4 else context[None])]
     starts = [self.initial_frames + j * f for j in range(self.num_chunks)]
     plan = schedule.chunk_prompts(starts)
@@ -559,7 +579,11 @@ class Rollout:
       prompt, switch = plan[j]
       if switch:
         event = {"chunk": j, "frame": starts[j], "prompt": prompt, "recached_frames": []}
-        if history is not None and starts[j] > 0:
+        cut = schedule.cuts[prompt - 1]
+        if self._flush or cut:  # a scene boundary (Infinity-RoPE): KV Flush and/or RoPE Cut, no model call
+          state = self.scene_event(state, flush=self._flush, cut=cut, params=params)
+          event.update(flush=self._flush, cut=cut)
+        elif history is not None and starts[j] > 0:
           frames = self.recache_frames(state, starts[j])
           recent = self.gather_frames(history, frames)
           state, _, info = self.recache_call(state, texts[prompt], recent, starts[j], params, frames=frames)

@@ -13,6 +13,10 @@ memory holds (Relax: the sink and the whole live ring, so every history candidat
 the prompt.
 `global_sink` (LongLive's, default True): once the window has moved past the sink, the sink keeps its keys from
 before the switch; False rebuilds the sink from the first re-run frames (and keeps those for good).
+
+Infinity-RoPE treats a switch as a scene boundary: `FLUSH` (its default) runs its KV Flush instead of a re-cache,
+and a switch marked as a cut (`cuts`) also moves that chunk's positions (RoPE Cut). Both are traced flags of one
+small jitted step: a sweep over where they happen reuses one compilation.
 """
 
 from __future__ import annotations
@@ -27,15 +31,24 @@ __all__ = ["PromptSchedule", "Recache"]
 
 @dataclasses.dataclass(frozen=True)
 class PromptSchedule:
-  """Prompt k from latent frame switch_frames[k-1] on (prompt 0 from the start)."""
+  """Prompt k from latent frame switch_frames[k-1] on (prompt 0 from the start); `cuts[k-1]`: switch k is a scene
+  cut (Infinity-RoPE's RoPE Cut; default none)."""
   switch_frames: tuple[int, ...] = ()
+  cuts: tuple[bool, ...] = ()
 
   def __post_init__(self):
     object.__setattr__(self, "switch_frames", tuple(int(f) for f in self.switch_frames))
+    object.__setattr__(self, "cuts", tuple(bool(c) for c in self.cuts) or (False,) * len(self.switch_frames))
+    if len(self.cuts) != len(self.switch_frames):
+      raise ValueError(f"{len(self.cuts)} cut flags for {len(self.switch_frames)} switches")
     if any(f < 0 for f in self.switch_frames):
       raise ValueError(f"switch frames {list(self.switch_frames)}: frames must be >= 0")
     if list(self.switch_frames) != sorted(self.switch_frames):
       raise ValueError(f"switch frames {list(self.switch_frames)} are not sorted")
+
+  @property
+  def has_cuts(self) -> bool:
+    return any(self.cuts)
 
   @property
   def num_prompts(self) -> int:

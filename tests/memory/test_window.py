@@ -49,7 +49,7 @@ def test_a_chunk_sees_the_sink_and_the_most_recent_frames_of_upstreams_cache(win
 
 def test_relative_position_schemes():
   reloc = views(WindowPolicy(window_frames=12, sink_frames=3, positions="relocated_sink"))
-  rel = views(WindowPolicy(window_frames=12, sink_frames=3, positions="window_relative"))
+  rel = views(WindowPolicy(window_frames=12, sink_frames=3, positions="end_aligned"))
   frames, pos, chunk_pos, shift = reloc[10]  # c = 30: memory = sink 0..2 + frames 24..29
   by_frame = dict(zip(frames, pos))
   assert [by_frame[f] for f in (0, 1, 2)] == [21, 22, 23] and by_frame[24] == 24 and chunk_pos == [30, 31, 32]

@@ -113,7 +113,7 @@ def test_position_schemes_that_differ_by_one_shift_give_the_same_video(model, wi
   chunk), the positions differ by one constant, so rebased RoPE must give the same latents to rounding, however
   large the absolute positions."""
   outs = []
-  for positions in ("absolute", "relocated_sink", "window_relative"):
+  for positions in ("absolute", "relocated_sink", "end_aligned"):
     if positions == "absolute" and sink:
       continue
     r = Rollout(model, WindowPolicy(window_frames=window, sink_frames=sink, positions=positions),
