@@ -17,6 +17,7 @@ import dataclasses
 from typing import Any
 
 from rf_jax.memory.base import CallView, Chunk, Policy, Recache, RecachePlan, check_video_length, moved_by
+from rf_jax.memory.deep_forcing import DeepForcingPolicy
 from rf_jax.memory.infinity_rope import InfinityRoPEPolicy
 from rf_jax.memory.relax import RelaxPolicy, candidate_table
 from rf_jax.memory.reservoir import Geometry, Reservoir
@@ -25,7 +26,7 @@ from rf_jax.memory.slow_fast_upstream import SlowFastUpstreamPolicy
 from rf_jax.memory.window import WindowPolicy
 
 POLICIES: dict[str, type[Policy]] = {"window": WindowPolicy, "relax": RelaxPolicy, "slow_fast": SlowFastPolicy,
-                                     "infinity_rope": InfinityRoPEPolicy}
+                                     "infinity_rope": InfinityRoPEPolicy, "deep_forcing": DeepForcingPolicy}
 MODES: dict[str, dict[str, type[Policy]]] = {  # policies with several modes: mode -> class (the first is the default)
     "slow_fast": {"clean": SlowFastPolicy, "upstream": SlowFastUpstreamPolicy}}
 _ALIASES = {"lambda": "lam"}  # memory-block key -> field
@@ -37,6 +38,9 @@ SETTINGS: dict[str, tuple[type, str]] = {
     "sink_frames": (int, "every policy: frames kept from the start"),
     "positions": (str, "window: absolute|relocated_sink|end_aligned; relax: hybrid|absolute"),
     "rope_cut_frame": (int, "infinity_rope: where a RoPE cut puts the cut block (default 45)"),
+    "capacity_frames": (int, "deep_forcing: frames a compression keeps: sink + top-C + recent (default 16)"),
+    "recent_frames": (int, "deep_forcing: recent window, scored with and always kept (default 4)"),
+    "topc_max_reuse": (int, "deep_forcing: selections before a token is excluded; 0 = no limit (default 7)"),
     "history_frames": (int, "relax: history frames picked per chunk (default 1)"),
     "tail_frames": (int, "relax: frames right before the chunk (default 1)"),
     "num_candidates": (int, "relax: history candidates per chunk (default 4)"),
@@ -107,6 +111,6 @@ def _public(field: str) -> str:
   return {v: k for k, v in _ALIASES.items()}.get(field, field)
 
 
-__all__ = ["CallView", "Chunk", "Geometry", "InfinityRoPEPolicy", "MODES", "Recache", "RecachePlan", "POLICIES", "Policy", "RelaxPolicy", "Reservoir",
+__all__ = ["CallView", "Chunk", "DeepForcingPolicy", "Geometry", "InfinityRoPEPolicy", "MODES", "Recache", "RecachePlan", "POLICIES", "Policy", "RelaxPolicy", "Reservoir",
            "SlowFastPolicy", "SlowFastUpstreamPolicy", "WindowPolicy", "candidate_table", "check_video_length",
            "moved_by", "policy_from_dict", "policy_to_dict", "public_name", "SETTINGS"]

@@ -19,10 +19,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from rf_jax.config import memory_args_from_constructor_args
-from rf_jax.memory import InfinityRoPEPolicy, Policy, RelaxPolicy, SlowFastUpstreamPolicy, WindowPolicy, policy_from_dict
+from rf_jax.memory import DeepForcingPolicy, InfinityRoPEPolicy, Policy, RelaxPolicy, SlowFastUpstreamPolicy, WindowPolicy, policy_from_dict
 from rf_jax.model.rope import apply_rope, rope_cos_sin
 from rf_jax.reference.compare import Comparison, channels_last, max_abs_error, mismatch
 from rf_jax.reference.folder import ReferenceFolder
+from rf_jax.reference.deep_forcing import USED as DEEP_USED, check_deep_forcing
 from rf_jax.reference.infinity_rope import USED as INFINITY_USED, check_infinity_rope
 from rf_jax.sampling import Rollout, Sampler
 
@@ -60,7 +61,7 @@ _USED = {"noise", "renoise", "context", "denoising_step_list_raw", "sched_sigmas
 def unchecked_arrays(z: dict, results: list[Comparison]) -> list[str]:
   """Arrays of rollout.npz that this version neither used nor compared (reported, never silently skipped)."""
   compared = {r.name.split("/", 1)[1] for r in results if r.name.startswith("rollout/")}
-  return sorted(k for k in z if k not in compared and k not in _USED | INFINITY_USED)
+  return sorted(k for k in z if k not in compared and k not in _USED | INFINITY_USED | DEEP_USED)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,6 +79,9 @@ def check_rollout(ref: ReferenceFolder, z: dict, model, abs_tol: float) -> Itera
   policy = folder_policy(ref)
   if isinstance(policy, InfinityRoPEPolicy):
     yield from check_infinity_rope(ref, z, model, folder_sampler(ref), abs_tol)
+    return
+  if isinstance(policy, DeepForcingPolicy):
+    yield from check_deep_forcing(ref, z, model, policy, folder_sampler(ref), abs_tol)
     return
   yield from _check_rollout(ref, z, model, policy, abs_tol)
   if isinstance(policy, RelaxPolicy) and policy.history_frames == 1:
