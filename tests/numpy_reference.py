@@ -64,6 +64,12 @@ def rope_apply(x, grid, freqs, start_frame=0):
   return out
 
 
+def rope_frames(x, frames, hp, wp, freqs):
+  """rope_apply with any temporal position per frame: x [B, len(frames)*Hp*Wp, N, H]; frames: ints."""
+  return np.concatenate([rope_apply(x[:, i * hp * wp:(i + 1) * hp * wp], (1, hp, wp), freqs, int(p))
+                         for i, p in enumerate(frames)], axis=1) if len(frames) else x
+
+
 def block_mask(num_frames, fsl, chunk, local):
   total = num_frames * fsl
   ends = np.zeros(total, np.int64)
@@ -87,12 +93,14 @@ def _attention(q, k, v, mask=None):
   return np.einsum("bnls,bsnh->blnh", p, v)
 
 
-def forward_train(sd, args, x, t, context, *, chunk=3, cache=None, start_frame=0):
+def forward_train(sd, args, x, t, context, *, chunk=3, cache=None, start_frame=0, layer_fn=None):
   """x: [B, C, F, H, W]; t: [B, F]; context: [B, Lc, text_dim]. Returns (flow like x, activations).
 
   With `cache` (the reference's KV-cache path): a list over layers of (rotated keys, values) [B, S, N, H] that the
   chunk attends to besides itself, with no mask, the chunk's keys rotated from `start_frame`; the chunk's own
   (rotated keys, values) per layer are returned in acts["kv"].
+  With `layer_fn(i, q, k, v) -> (rotated q, all keys, all values)` (q, k pre-RoPE [B, L, N, H]) layer i's attention
+  inputs come from it, no mask (a memory that decides inside the layer); acts["kv"] then holds pre-RoPE keys.
   """
   sd = {k: v.astype(np.float64) for k, v in sd.items()}
   x, t, context = x.astype(np.float64), t.astype(np.float64), context.astype(np.float64)
@@ -124,7 +132,7 @@ def forward_train(sd, args, x, t, context, *, chunk=3, cache=None, start_frame=0
   acts["act_text_embedding"] = text
 
   freqs = rope_freqs(hd)
-  mask = None if cache is not None else block_mask(f, fsl, chunk, args.get("local_attn_size", -1))
+  mask = None if cache is not None or layer_fn is not None else block_mask(f, fsl, chunk, args.get("local_attn_size", -1))
   acts["kv"] = []
   frame_of_token = np.arange(f * fsl) // fsl
   for i in range(args["num_layers"]):
@@ -137,10 +145,15 @@ def forward_train(sd, args, x, t, context, *, chunk=3, cache=None, start_frame=0
     v = _linear(sd, f"{p}.self_attn.v", hcur)
     split = lambda a: a.reshape(b, -1, n, hd)  # noqa: E731
     grid = (f, hp, wp)
-    q, k, v = (rope_apply(split(q), grid, freqs, start_frame), rope_apply(split(k), grid, freqs, start_frame),
-               split(v))
-    acts["kv"].append((k, v))
-    if cache is not None:
+    if layer_fn is not None:
+      q, k, v = split(q), split(k), split(v)
+      acts["kv"].append((k, v))
+      q, k, v = layer_fn(i, q, k, v)
+    else:
+      q, k, v = (rope_apply(split(q), grid, freqs, start_frame), rope_apply(split(k), grid, freqs, start_frame),
+                 split(v))
+      acts["kv"].append((k, v))
+    if cache is not None and layer_fn is None:
       k, v = np.concatenate([cache[i][0], k], axis=1), np.concatenate([cache[i][1], v], axis=1)
     y = _linear(sd, f"{p}.self_attn.o", _attention(q, k, v, mask).reshape(b, -1, d))
     tokens = tokens + y * m[:, :, 2]
@@ -161,7 +174,7 @@ def forward_train(sd, args, x, t, context, *, chunk=3, cache=None, start_frame=0
   cout = args["out_dim"]
   out = out.reshape(b, f, hp, wp, pt, ph, pw, cout)
   flow = out.transpose(0, 7, 1, 4, 2, 5, 3, 6).reshape(b, cout, f * pt, hp * ph, wp * pw)
-  if cache is None:
+  if cache is None and layer_fn is None:
     del acts["kv"]
   return flow, acts
 
