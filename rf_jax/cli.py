@@ -68,14 +68,15 @@ def cmd_generate(args) -> int:
   if os.path.exists(args.out) and not args.force:
     raise FileExistsError(f"{os.path.abspath(args.out)} already exists; pass --force to replace it")
   settings = {f: getattr(args, f) for f in SETTINGS if getattr(args, f) is not None}
-  prompts, switches = prompt_schedule(read_prompts(args.prompt or (), args.prompts), args.switch, args.prompt_schedule)
+  prompts, switches, cuts = prompt_schedule(read_prompts(args.prompt or (), args.prompts), args.switch,
+                                            args.prompt_schedule, args.cut)
   req = GenerateRequest(
       source=DiTSource.of(args.checkpoint, args.preset, seed=args.seed), memory=args.memory,
       memory_settings=settings, frames=args.frames, seed=args.seed, batch=args.batch,
       latent_hw=tuple(args.latent_hw) if args.latent_hw else None, chunk_frames=args.chunk_frames,
       steps=tuple(args.steps) if args.steps else None, warp=not args.no_warp, eta=args.eta, shift=args.shift,
       context_noise=args.context_noise, compute_dtype=ComputeDtype(args.compute_dtype),
-      attention=AttnImpl(args.attention), prompts=tuple(prompts), switches=switches, recache=args.recache and Recache(args.recache),
+      attention=AttnImpl(args.attention), prompts=tuple(prompts), switches=switches, cut_frames=cuts, recache=args.recache and Recache(args.recache),
       global_sink=not args.no_global_sink, image=args.image, init_video=args.init_video, init_latents=args.init_latents,
       text_embeddings=args.text_embeddings, text_encoder=args.text_encoder, tokenizer=args.tokenizer,
       text_cache=args.text_cache, use_text_cache=not args.no_text_cache, vae=args.vae, video=not args.no_video,
@@ -187,9 +188,11 @@ def build_parser() -> argparse.ArgumentParser:
                    ("--video-scale", dict(type=int, help="upscale written frames N times (default 1; 8 for pixels)")),
                    ("--switch", dict(action="append", metavar="FRAME:TEXT", help="from latent FRAME on, this prompt "
                                      "(repeat; the memory is re-cached, see --recache)")),
+                   ("--cut", dict(action="append", metavar="FRAME:TEXT", help="a --switch that is a scene cut "
+                                  "(infinity_rope: KV Flush + RoPE Cut)")),
                    ("--prompt-schedule", dict(metavar="FILE", help='a JSON list of {"frame": F, "prompt": TEXT}')),
                    ("--recache", dict(choices=[r.value for r in Recache], help="at a switch: which frames re-run "
-                                      "with the new prompt (default: window's window, relax's all_memory)")),
+                                      "with the new prompt (default: window's window, relax's all_memory, infinity_rope's flush)")),
                    ("--no-global-sink", dict(action="store_true", help="a re-cache rebuilds the sink too")),
                    ("--image", dict(help="image-to-video: this image (png, jpg, ...) is the first frame")),
                    ("--init-video", dict(help="extend this video (mp4): its frames come first")),

@@ -91,6 +91,7 @@ class GenerateRequest:
   fps: int = 16
   video_scale: int | None = None
   switches: tuple[tuple[int, str], ...] = ()  # (latent frame, prompt): the prompt from that frame on
+  cut_frames: tuple[int, ...] = ()  # switches that are scene cuts (Infinity-RoPE's RoPE Cut)
   recache: Recache | None = None  # None: the policy's default (window: window; relax: all_memory)
   global_sink: bool = True
   image: str | None = None  # image-to-video: the first frame
@@ -98,7 +99,7 @@ class GenerateRequest:
   init_latents: str | None = None  # .npy of latents [n, C, H, W] or [1, n, C, H, W] (latents.npy's layout)
 
 
-def parse_switch(text: str) -> tuple[int, str]:
+def parse_switch(text: str, flag: str = "--switch") -> tuple[int, str]:
   """--switch FRAME:PROMPT -> (frame, prompt)."""
   frame, sep, prompt = text.partition(":")
   try:
@@ -106,15 +107,15 @@ def parse_switch(text: str) -> tuple[int, str]:
   except ValueError:
     value = None
   if not sep or value is None:
-    raise ValueError(f"--switch {text!r}: expected FRAME:PROMPT (a latent frame, then the prompt)")
+    raise ValueError(f"{flag} {text!r}: expected FRAME:PROMPT (a latent frame, then the prompt)")
   if not prompt.strip():
-    raise ValueError(f"--switch {text!r}: the prompt is empty")
+    raise ValueError(f"{flag} {text!r}: the prompt is empty")
   return value, prompt
 
 
-def load_prompt_schedule(path: str) -> tuple[str, tuple[tuple[int, str], ...]]:
-  """--prompt-schedule FILE.json: [{"frame": 0, "prompt": "..."}, {"frame": 30, "prompt": "..."}, ...] ->
-  (the first prompt, the switches)."""
+def load_prompt_schedule(path: str) -> tuple[str, tuple[tuple[int, str], ...], tuple[int, ...]]:
+  """--prompt-schedule FILE.json: [{"frame": 0, "prompt": "..."}, {"frame": 30, "prompt": "...", "cut": true}, ...]
+  -> (the first prompt, the switches, the frames of those marked as scene cuts)."""
   import json
   try:
     with open(path, encoding="utf-8") as fh:
@@ -123,36 +124,53 @@ def load_prompt_schedule(path: str) -> tuple[str, tuple[tuple[int, str], ...]]:
     raise ValueError(f"--prompt-schedule {path}: no such file") from None
   except (json.JSONDecodeError, UnicodeDecodeError) as e:
     raise ValueError(f"--prompt-schedule {path}: not valid JSON ({e})") from None
-  if not isinstance(rows, list) or not rows or not all(isinstance(r, dict) and set(r) == {"frame", "prompt"}
-                                                       for r in rows):
-    raise ValueError(f"--prompt-schedule {path}: expected a list of {{\"frame\": F, \"prompt\": TEXT}}")
+  if not isinstance(rows, list) or not rows or not all(
+      isinstance(r, dict) and {"frame", "prompt"} <= set(r) <= {"frame", "prompt", "cut"} for r in rows):
+    raise ValueError(f"--prompt-schedule {path}: expected a list of {{\"frame\": F, \"prompt\": TEXT[, \"cut\": "
+                     "true]}")
   if rows[0]["frame"] != 0:
     raise ValueError(f"--prompt-schedule {path}: the first prompt must start at frame 0")
   for r in rows:
     if not isinstance(r["frame"], int) or not isinstance(r["prompt"], str) or not r["prompt"].strip():
       raise ValueError(f"--prompt-schedule {path}: {r} needs an integer frame and a non-empty prompt")
-  return rows[0]["prompt"], tuple((r["frame"], r["prompt"]) for r in rows[1:])
+    if not isinstance(r.get("cut", False), bool):
+      raise ValueError(f"--prompt-schedule {path}: {r}: cut must be true or false")
+  if rows[0].get("cut"):
+    raise ValueError(f"--prompt-schedule {path}: the first prompt cannot be a cut (nothing comes before it)")
+  return (rows[0]["prompt"], tuple((r["frame"], r["prompt"]) for r in rows[1:]),
+          tuple(r["frame"] for r in rows[1:] if r.get("cut")))
 
 
-def prompt_schedule(prompts: list[str], switches: list[str] | None, schedule_file: str | None
-                    ) -> tuple[list[str], tuple[tuple[int, str], ...]]:
-  """The command line's text: (prompts, switches) from --prompt/--prompts, --switch FRAME:TEXT and
-  --prompt-schedule FILE (alone)."""
-  parsed = tuple(parse_switch(s) for s in switches or ())
+def prompt_schedule(prompts: list[str], switches: list[str] | None, schedule_file: str | None,
+                    cuts: list[str] | None = None) -> tuple[list[str], tuple[tuple[int, str], ...], tuple[int, ...]]:
+  """The command line's text: (prompts, switches, the frames of the switches that are scene cuts) from
+  --prompt/--prompts, --switch FRAME:TEXT, --cut FRAME:TEXT and --prompt-schedule FILE (alone)."""
+  cut = tuple(parse_switch(s, "--cut") for s in cuts or ())
+  plain = tuple(parse_switch(s) for s in switches or ())
+  for given in (plain, cut):  # each flag in order; the two are merged by frame
+    check_sorted([f for f, _ in given])
+  parsed = tuple(sorted(plain + cut, key=lambda fs: fs[0]))
   if not schedule_file:
-    return prompts, parsed
+    return prompts, parsed, tuple(f for f, _ in cut)
   if prompts or parsed:
-    raise ValueError("give --prompt-schedule alone, or --prompt with --switch")
-  first, parsed = load_prompt_schedule(schedule_file)
-  return [first], parsed
+    raise ValueError("give --prompt-schedule alone, or --prompt with --switch / --cut")
+  first, parsed, cut_frames = load_prompt_schedule(schedule_file)
+  return [first], parsed, cut_frames
 
 
-def check_switches(switches, total_frames: int) -> PromptSchedule:
-  """The schedule of `switches`, refused when a frame is out of order or past the video's end."""
-  frames = [f for f, _ in switches]
+def check_sorted(frames: list[int]) -> None:
   if any(b <= a for a, b in zip(frames, frames[1:])):
     raise ValueError(f"switch frames {frames} are not sorted (each switch must come after the one before)")
-  schedule = PromptSchedule(tuple(frames))
+
+
+def check_switches(switches, total_frames: int, cut_frames=()) -> PromptSchedule:
+  """The schedule of `switches` (those at `cut_frames` scene cuts), refused when a frame is out of order or past
+  the video's end."""
+  frames = [f for f, _ in switches]
+  check_sorted(frames)
+  if 0 in cut_frames:
+    raise ValueError("--cut 0:...: a scene cut at frame 0 has nothing before it to cut from")
+  schedule = PromptSchedule(tuple(frames), tuple(f in cut_frames for f in frames))
   schedule.check(total_frames)
   return schedule
 
@@ -228,6 +246,7 @@ def generate_request(req: GenerateRequest, out: str, *, force: bool = False, pro
       raise ValueError("the built-in demo model is unconditional (trained without text); --prompt and "
                        "--text-embeddings need --checkpoint or --preset")
   policy = resolve_policy(req, demo_info)
+  policy.validate(req.chunk_frames)  # bad memory settings are named now, before any model is loaded
   sources = pipeline.resolve_sources(req.source.path if req.source.origin is pipeline.DiTOrigin.CHECKPOINT else None,
                                      req.source.preset, text_encoder=req.text_encoder, tokenizer=req.tokenizer,
                                      vae=req.vae)
@@ -251,9 +270,16 @@ def generate_request(req: GenerateRequest, out: str, *, force: bool = False, pro
                                        in_dim=dit_config.in_dim, chunk_frames=sampler.chunk_frames)
   n0 = 0 if initial is None else (initial.shape[1] if initial_kind == "latents" or pixels
                                   else 1 + (initial.shape[1] - 1) // vae_strides[0])
-  schedule = check_switches(req.switches, n0 + sampler.whole_chunks(frames)) if req.switches else None
+  schedule = (check_switches(req.switches, n0 + sampler.whole_chunks(frames), req.cut_frames) if req.switches
+              else None)
   recache = policy.default_recache if req.recache is None else req.recache
-  if schedule and recache is not Recache.NONE:  # a policy that cannot re-cache says so now, not after loading
+  if schedule and (recache is Recache.FLUSH or schedule.has_cuts) and not policy.scene_events:
+    raise ValueError(f"{'--recache flush' if recache is Recache.FLUSH else '--cut'}: KV Flush and RoPE Cut are "
+                     f"Infinity-RoPE's scene events; --memory {policy.name} has none")
+  inside = [f for f in req.cut_frames if f < getattr(policy, "sink_frames", 0)]
+  if inside:
+    raise ValueError(f"--cut {inside[0]}:...: the cut is inside the sink (frames 0..{policy.sink_frames - 1})")
+  if schedule and recache not in (Recache.NONE, Recache.FLUSH):  # a policy that cannot re-cache says so now
     policy.recache_width(Geometry(1, 1, 1, 1, 1, sampler.chunk_frames, n0 + sampler.whole_chunks(frames)), recache)
   prompts += [text for _, text in req.switches]
   text, text_info = None, {}

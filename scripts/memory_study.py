@@ -29,7 +29,8 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 from rf_jax import demo  # noqa: E402
 from rf_jax.data.shapes import ShapesConfig, shape_curves, shapes_clip  # noqa: E402
-from rf_jax.memory import RelaxPolicy, SlowFastPolicy, WindowPolicy  # noqa: E402
+from rf_jax.memory import (DeepForcingPolicy, InfinityRoPEPolicy, RelaxPolicy, SlowFastPolicy,  # noqa: E402
+                           WindowPolicy)
 from rf_jax.runinfo import git_commit  # noqa: E402
 from rf_jax.sampling import Rollout, Sampler  # noqa: E402
 
@@ -40,6 +41,8 @@ POLICIES = {  # name -> (strip file tag, policy)
     "relax (sink 2, history 1 of 4, tail 1)": ("relax", RelaxPolicy()),
     "relax, true positions": ("relax_absolute", RelaxPolicy(positions="absolute")),
     "slow_fast (Context Forcing, clean)": ("slow_fast", SlowFastPolicy()),
+    "infinity_rope (window 6, sink 1)": ("infinity_rope", InfinityRoPEPolicy()),
+    "deep_forcing (window 21, sink 10, capacity 16)": ("deep_forcing", DeepForcingPolicy()),
 }
 
 

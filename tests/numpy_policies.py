@@ -162,7 +162,7 @@ def rollout_deep(sd, args, noise, context, renoise, steps, *, chunk, window, sin
           total = min(max(min(cap, size), sk + r_eff), T)
           top_c = max(0, total - sk - r_eff)
           cand = list(range(min(sk, T - r_eff), T - r_eff))
-          allowed = [u for u in cand if max_reuse <= 0 or ca[u] < max_reuse]
+          allowed = [u for u in cand if max_reuse < 0 or ca[u] < max_reuse]
           k_eff = min(top_c, len(cand), len(allowed))
           ranked = sorted(allowed, key=lambda u: (-scores[u], u))
           selected = sorted(ranked[:k_eff])

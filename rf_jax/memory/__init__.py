@@ -75,6 +75,10 @@ def policy_from_dict(d: dict[str, Any], *, source: str = "memory", **overrides: 
       raise ValueError(f"{name}: mode={d['mode']!r}; expected {' or '.join(repr(m) for m in modes)}")
     cls = modes[d["mode"]]
   fields = {f.name: f for f in dataclasses.fields(cls)}
+  for key, value in cls.fixed_settings.items():
+    given = d.pop(key, value)
+    if given != value:
+      raise ValueError(f"{source}: {name} {key}={given!r} is not ported; only {value!r} (upstream's default)")
   kwargs = {}
   for field, value in d.items():
     if field in ("policy", "mode"):

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
-from typing import Any, NamedTuple
+from typing import Any, ClassVar, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -135,6 +135,7 @@ class Policy:
 
   # ----------------------------------------------------------------------------------------- prompt switches
 
+  fixed_settings: ClassVar[dict] = {}  # upstream settings a memory block may state, only at these values (not fields)
   default_recache = Recache.NONE  # what a switch re-caches unless told
   scene_events = False  # whether `scene_event` (KV Flush, RoPE Cut) exists
 

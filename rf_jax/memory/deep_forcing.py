@@ -10,7 +10,8 @@ c the chunk's first frame, F its frames, S the sink frames, CAP / R the capacity
              rotated keys (T tokens), score s_t = <sum of the last min(|win_q|, T) queries, k_t> / (sqrt(H) N) (raw,
              no softmax; all heads), keep the sink, the recent region and the top_c best of the rest whose reuse
              count is below `topc_max_reuse` (ties: the lower index first), in ascending order; the kept top-C
-             tokens' counts go up by one. top_c = min(CAP, WQ, T) - sink - recent (at least 0).
+             tokens' counts go up by one (without a limit, -1, counts stay 0 as upstream's do with its 0).
+             top_c = min(CAP, WQ, T) - sink - recent (at least 0).
   no compr.  L' = L + (c + F)Q - G: the chunk's tokens go after the cache, counts 0.
   sink       in a compressing call the S frames' keys turn in place by delta frames on the time channels, so that
              the sink sits at c - L'/Q .. as if the cache ended at c - 1. The first delta is W - CAP/Q (upstream
@@ -104,11 +105,12 @@ class DeepForcingPolicy(Policy):
   sink_frames: int = 10  # S: the deep sink
   capacity_frames: int = 16  # CAP: what a compression keeps: sink + top-C + recent
   recent_frames: int = 4  # R: the recent window (queries scored with, keys always kept)
-  topc_max_reuse: int = 7  # a token selected this many times cannot be selected again (0: no limit)
-  fusion: str = "sum"  # how the recent queries' scores are fused: upstream's "sum" (its "max" is not ported)
-  keep_sinks: bool = True  # the sink is never compressed away (upstream's False is not ported)
+  topc_max_reuse: int = 7  # a token selected this many times cannot be selected again (-1: no limit)
 
   name = "deep_forcing"
+  # Upstream settings a memory block may state, only at the value ported: the recent queries' scores are summed
+  # (its "max" fusion is not ported) and the sink is never compressed away.
+  fixed_settings = {"fusion": "sum", "keep_sinks": True}
 
   def validate(self, chunk_frames: int) -> None:
     if self.sink_frames < 0:
@@ -125,12 +127,9 @@ class DeepForcingPolicy(Policy):
     if self.capacity_frames > self.window_frames:
       raise ValueError(f"deep_forcing: capacity_frames={self.capacity_frames} must be <= window_frames="
                        f"{self.window_frames}")
-    if self.fusion != "sum":
-      raise ValueError(f"deep_forcing: fusion={self.fusion!r}; only 'sum' (upstream's default) is implemented")
-    if self.keep_sinks is not True:
-      raise ValueError(f"deep_forcing: keep_sinks={self.keep_sinks!r}; only true (upstream's default) is implemented")
-    if self.topc_max_reuse < 0:
-      raise ValueError(f"deep_forcing: topc_max_reuse={self.topc_max_reuse} must be >= 0 (0: no limit)")
+    if self.topc_max_reuse == 0 or self.topc_max_reuse < -1:
+      raise ValueError(f"deep_forcing: topc_max_reuse={self.topc_max_reuse}: give the selections a token may have "
+                       "(>= 1), or -1 for no limit (upstream spells no limit 0)")
 
   def init(self, geom: Geometry) -> DeepState:
     t, p = self.window_frames * geom.frame_tokens, self.recent_frames * geom.frame_tokens

@@ -32,6 +32,9 @@ def folder_policy(ref: ReferenceFolder) -> Policy:
   """The `memory` block of config.json, else a window from constructor_args (local_attn_size, sink_size). Scene
   events (Infinity-RoPE) are the rollout's, not the policy's: `rf_jax.reference.infinity_rope` reads them."""
   if "memory" in ref.config:
+    block = ref.config["memory"]
+    if block.get("policy") == "deep_forcing" and block.get("topc_max_reuse") == 0:  # upstream's "no limit"
+      return policy_from_dict({**block, "topc_max_reuse": -1}, source=f"{ref.path}/config.json: memory")
     if "scene_events" in ref.config["memory"]:
       return policy_from_dict({k: v for k, v in ref.config["memory"].items() if k != "scene_events"},
                               source=f"{ref.path}/config.json: memory")

@@ -29,7 +29,8 @@ class Sweep:
     checkpoint folder, or a pipeline folder (a Wan folder converted by `rf-jax convert`, needed for text prompts).
   batch: samples per compiled run (a multiple of the mesh's data x fsdp); default: data x fsdp.
   switches: prompt schedules to grid: each is ((frame, prompt), ...) after the sample's own prompt (prompts of the
-    same kinds as `prompts`); () = no switch. Switch frames are data: every schedule shares one compilation.
+    same kinds as `prompts`); () = no switch; (frame, prompt, True) marks a scene cut (infinity_rope's RoPE Cut).
+    Switch frames and cuts are data: every schedule shares one compilation.
   initial: initial latents to grid (.npy [n, C, H, W], relative to the sweep file; the same n for all), or None.
   recache, global_sink: what a switch does to the memory (rf_jax.sampling.switching).
   Every sample (prompt x seed) runs under every (schedule, initial) condition.
@@ -60,13 +61,13 @@ class Sweep:
     except ValueError:
       raise ValueError(f"Sweep.compute_dtype={self.compute_dtype!r}; expected float32 or bfloat16") from None
     object.__setattr__(self, "attention", AttnImpl.parse(self.attention))
-    object.__setattr__(self, "switches", tuple(tuple((int(f), str(p)) for f, p in sw) for sw in self.switches))
+    object.__setattr__(self, "switches", tuple(tuple(_switch(e) for e in sw) for sw in self.switches))
     object.__setattr__(self, "initial", tuple(self.initial))
     object.__setattr__(self, "recache", None if self.recache is None else Recache(self.recache))
     if not self.switches or not self.initial:
       raise ValueError("Sweep.switches and Sweep.initial must not be empty (() and None mean: none)")
     for sw in self.switches:
-      PromptSchedule(tuple(f for f, _ in sw))  # sorted, non-negative
+      schedule(sw)  # sorted, non-negative
     if not self.policies:
       raise ValueError("Sweep.policies is empty")
     for i, p in enumerate(self.policies):
@@ -76,6 +77,12 @@ class Sweep:
       raise ValueError("Sweep.prompts and Sweep.seeds must not be empty")
     if self.frames < 2:
       raise ValueError(f"Sweep.frames={self.frames}: metrics need at least 2 frames")
+
+    if any(schedule(sw).has_cuts for sw in self.switches):
+      for p in self.policies:
+        if not p.scene_events:
+          raise ValueError(f"Sweep.switches: a cut (frame, prompt, True) is Infinity-RoPE's scene event; policy "
+                           f"{p.name!r} has none")
 
   @property
   def conditions(self) -> list[tuple[tuple[tuple[int, str], ...], str | None]]:
@@ -103,6 +110,19 @@ class Sweep:
             **({"switches": [list(map(list, sw)) for sw in self.switches], "recache": self.recache and self.recache.value,
                 "global_sink": self.global_sink} if self.switches != ((),) else {}),
             **({"initial": list(self.initial)} if self.initial != (None,) else {})}
+
+
+def _switch(entry) -> tuple:
+  """(frame, prompt) or (frame, prompt, cut) -> (int, str) or (int, str, True) (a cut)."""
+  if not isinstance(entry, (tuple, list)) or len(entry) not in (2, 3):
+    raise ValueError(f"Sweep.switches: {entry!r} is not (frame, prompt) or (frame, prompt, cut)")
+  f, p = int(entry[0]), str(entry[1])
+  return (f, p, True) if len(entry) == 3 and bool(entry[2]) else (f, p)
+
+
+def schedule(switches) -> PromptSchedule:
+  """The prompt schedule of one grid entry of `Sweep.switches`."""
+  return PromptSchedule(tuple(e[0] for e in switches), tuple(len(e) == 3 for e in switches))
 
 
 def grid(policy: Policy, **settings: Iterable) -> tuple[Policy, ...]:

@@ -41,10 +41,10 @@ from rf_jax.parallel import placement
 from rf_jax.parallel.distributed import barrier, is_leader
 from rf_jax.progress import progress_bar
 from rf_jax.runinfo import run_info
-from rf_jax.sampling import PromptSchedule, Rollout, noise_keys, random_text, text_rows
+from rf_jax.sampling import Rollout, noise_keys, random_text, text_rows
 from rf_jax.sampling.rollout import initial_blocks
 from rf_jax.text.encode import default_cache_dir, load_text_embeddings, pad_embeddings
-from rf_jax.sweep.config import Sweep, label
+from rf_jax.sweep.config import Sweep, label, schedule
 from rf_jax.sweep.report import write_results
 from rf_jax.sweep.store import Store
 
@@ -71,7 +71,7 @@ def prompt_embedding(prompt: str, text_len: int, text_dim: int, source_dir: str)
 def _embeddings(sweep: Sweep, config) -> dict[str, np.ndarray]:
   """Every prompt's [text_len, text_dim] embedding (the samples' and the switches'); text prompts through the
   pipeline's umT5 and the text cache."""
-  prompts = list(dict.fromkeys([*sweep.prompts, *(p for sw in sweep.switches for _, p in sw)]))
+  prompts = list(dict.fromkeys([*sweep.prompts, *(e[1] for sw in sweep.switches for e in sw)]))
   out = {p: prompt_embedding(p, config.text_len, config.text_dim, sweep.source_dir)
          for p in prompts if not is_text_prompt(p)}
   texts = [p for p in prompts if is_text_prompt(p)]
@@ -202,7 +202,7 @@ def run_sweep(sweep: Sweep, out: str, *, mesh=None, progress: bool = True) -> di
       switches, init_name = sweep.condition_of(unit.first)
       context = np.stack([embeddings[p] for p, _ in rows])  # [B, P, D]
       if switches:  # [K, B, P, D]: the sample's prompt, then each switch's
-        context = np.stack([context, *(np.stack([embeddings[p]] * batch) for _, p in switches)])
+        context = np.stack([context, *(np.stack([embeddings[e[1]]] * batch) for e in switches)])
       given = None if init_name is None else np.repeat(initial[init_name], batch, axis=0)
       keys = noise_keys([s for _, s in rows])
       pieces: dict[int, list[np.ndarray]] = {}
@@ -212,7 +212,7 @@ def run_sweep(sweep: Sweep, out: str, *, mesh=None, progress: bool = True) -> di
           pieces.setdefault(first, []).append(block)
 
       rollout.run(context, key=keys, params=policy.params(), on_chunk=on_chunk, initial=given,
-                  schedule=PromptSchedule(tuple(f for f, _ in switches)))
+                  schedule=schedule(switches))
       for first, blocks in pieces.items():
         head = [] if given is None else [given[first:first + blocks[0].shape[0]]]
         video = np.concatenate(head + blocks, axis=1)[:, :n0 + sweep.frames]  # [n, n0 + frames, Hl, Wl, C]

@@ -70,7 +70,7 @@ def _with_memory(name, **change):
 def test_wrong_rules_fail():
   """A cut block put elsewhere, and a reuse limit that excludes no token, must each move the video."""
   from rf_jax.reference.rollout import check_rollout
-  for ref in (_with_memory("IR_cut", rope_cut_frame=30), _with_memory("DF", topc_max_reuse=0)):
+  for ref in (_with_memory("IR_cut", rope_cut_frame=30), _with_memory("DF", topc_max_reuse=-1)):
     z = ref.npz("rollout.npz")
     failed = {c.name for c in check_rollout(ref, z, ref.load_model(), 1e-5) if not c.passed}
     assert "rollout/final_latents" in failed, ref.path
