@@ -80,6 +80,11 @@ def test_image_to_video_with_the_tiny_preset_and_the_demo(tmp_path, image):
      "cannot re-cache after a prompt switch"),
     (["--memory", "slow_fast", "--recache", "window", "--prompt", "a", "--switch", "6:b"], "slow_fast re-caches"),
     (["--memory", "relax", "--recache", "window", "--prompt", "a", "--switch", "6:b"], "relax re-caches all_memory"),
+    (["--memory", "relax", "--prompt", "a", "--cut", "6:b"], "--cut: KV Flush and RoPE Cut are Infinity-RoPE's"),
+    (["--memory", "window", "--recache", "flush", "--prompt", "a", "--switch", "6:b"], "--recache flush: KV Flush"),
+    (["--memory", "infinity_rope", "--sink-frames", "2", "--prompt", "a", "--cut", "1:b"], "inside the sink"),
+    (["--memory", "deep_forcing", "--capacity-frames", "3"], "capacity_frames=3 is smaller"),
+    (["--memory", "deep_forcing", "--topc-max-reuse", "0"], "topc_max_reuse=0"),
 ])
 def test_bad_interactive_input_is_refused_before_any_model(tmp_path, capsys, monkeypatch, argv, message):
   np.save(tmp_path / "lat2.npy", np.zeros((2, 16, 8, 8), np.float32))
@@ -88,6 +93,18 @@ def test_bad_interactive_input_is_refused_before_any_model(tmp_path, capsys, mon
   monkeypatch.setattr(pipeline, "load_dit", lambda *a, **k: pytest.fail("a model was loaded"))
   assert gen("--preset", "tiny", "--frames", "12", "--out", str(tmp_path / "bad"), *argv) == 2
   assert message in capsys.readouterr().err
+
+
+def test_scene_cuts_from_the_command_line(tmp_path):
+  out = tmp_path / "ir"
+  assert gen("--preset", "tiny", "--memory", "infinity_rope", "--window-frames", "9", "--prompt", "a fox", "--switch",
+             "6:a bird", "--cut", "12:a tree", "--frames", "18", "--no-video", "--out", str(out)) == 0
+  summary = json.loads((out / "summary.json").read_text())
+  assert summary["recache"] == "flush"
+  assert [(s["frame"], s["flush"], s["cut"]) for s in summary["switches"]] == [(6, True, False), (12, True, True)]
+  trace = json.loads((out / "memory_trace.json").read_text())["chunks"]
+  assert [c["scene_cut"] for c in trace] == [False] * 4 + [True, False]
+  assert trace[2]["slot_frames"][:3] == [0, -1, -1]  # a flush before the buffer is full copies empty slots
 
 
 @pytest.mark.parametrize("memory,recached", [
