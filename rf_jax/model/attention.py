@@ -68,7 +68,8 @@ class SelfAttention(_Attention):
     when they sit elsewhere than the chunk's own keys (None: at the same positions).
 
     `memory` is either the memory's keys/values for this layer, or a function that builds them from the chunk's
-    own pre-RoPE keys/values (a policy that decides inside the layer, such as Context Forcing's per-layer
+    own pre-RoPE queries/keys/values (`ChunkQKV`; a policy that decides inside the layer, such as Context Forcing's
+    per-layer
     promotion), returning (SlotMemory, aux). Keys are ordered [memory slots..., chunk frames...]. Returns the output
     [B, F, Q, D], the chunk's own pre-RoPE keys and values, and the memory function's aux (None without one).
     """
@@ -84,7 +85,6 @@ class SelfAttention(_Attention):
     flat = lambda y: y.reshape(b, -1, n, d // n)  # noqa: E731  [B, T, N, H]
     out = attention(flat(q_rot), flat(k_rot), flat(v), memory=memory, mask=mask, impl=self.attn_impl)
     return self.o(out.reshape(b, f, q_len, d)), chunk_kv, aux
-
 
   def project_q(self, x: Array) -> Array:
     """x: [B, F, Q, D] -> the pre-RoPE queries (normed) [B, F, Q, N, H]."""

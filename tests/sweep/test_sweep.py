@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from rf_jax import cli
-from rf_jax.memory import RelaxPolicy, WindowPolicy
+from rf_jax.memory import InfinityRoPEPolicy, RelaxPolicy, WindowPolicy
 from rf_jax.sweep import Sweep, grid, label, load_sweep, plan, run_sweep
 
 
@@ -176,3 +176,20 @@ def test_switch_points_and_initial_frames_grid_in_one_compile_and_match_generate
                    "--out", str(tmp_path / "g")]) == 0
   np.testing.assert_allclose(lat[0, 1], np.load(tmp_path / "g" / "latents.npy")[0], rtol=0, atol=1e-6)
   assert np.abs(lat[0, 1] - lat[0, 2]).max() > 1e-3  # a later switch point gives another video
+
+
+def test_scene_cut_positions_grid_in_one_compile(tmp_path, monkeypatch):
+  """Infinity-RoPE's flush + cut at two positions: two conditions, one compiled chunk step, two videos; a cut under
+  a policy without scene events is refused when the sweep is built."""
+  monkeypatch.setenv("RF_JAX_CACHE", str(tmp_path / "cache"))
+  sweep = Sweep(policies=(InfinityRoPEPolicy(window_frames=9),), prompts=("a red fox",), frames=15, latent_hw=(4, 4),
+                switches=(((6, "a blue bird", True),), ((9, "a blue bird", True),)))
+  result = run_sweep(sweep, str(tmp_path / "s"), progress=False)
+  assert list(result["compiles"].values()) == [1] and result["units"] == 2
+  import tensorstore as ts
+  lat = ts.open({"driver": "zarr3", "kvstore": {"driver": "file", "path": str(tmp_path / "s" / "store.zarr/latents")}}
+                ).result().read().result()
+  np.testing.assert_array_equal(lat[0, 0, :6], lat[0, 1, :6])
+  assert np.abs(lat[0, 0, 6:] - lat[0, 1, 6:]).max() > 1e-4
+  with pytest.raises(ValueError, match="scene event; policy 'window' has none"):
+    Sweep(policies=(WindowPolicy(window_frames=9),), switches=(((6, "b", True),),))
