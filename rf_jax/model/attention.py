@@ -69,8 +69,7 @@ class SelfAttention(_Attention):
 
     `memory` is either the memory's keys/values for this layer, or a function that builds them from the chunk's
     own pre-RoPE queries/keys/values (`ChunkQKV`; a policy that decides inside the layer, such as Context Forcing's
-    per-layer
-    promotion), returning (SlotMemory, aux). Keys are ordered [memory slots..., chunk frames...]. Returns the output
+    per-layer promotion or Deep Forcing's compression), returning (SlotMemory, aux). Keys are ordered [memory slots..., chunk frames...]. Returns the output
     [B, F, Q, D], the chunk's own pre-RoPE keys and values, and the memory function's aux (None without one).
     """
     b, f, q_len, d = x.shape
