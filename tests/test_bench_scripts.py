@@ -97,7 +97,7 @@ def test_memory_study_on_a_tiny_random_demo(tmp_path):
   out = tmp_path / "study"
   rows = run_script("scripts/memory_study.py", "--demo", folder, "--frames", "24", "--samples", "1",
                     "--out", str(out))
-  assert rows[0]["policy"] == "dataset" and len(rows) == 7
+  assert rows[0]["policy"] == "dataset" and len(rows) == 9  # the dataset and 8 memories
   for r in rows:
     assert {"device", "jax", "commit", "motion_first5s", "consistency_last5s", "foreground_last5s"} <= r.keys()
   for r in rows[1:]:
