@@ -93,8 +93,14 @@ def load_meta(path: str | os.PathLike) -> dict:
 def stored_dtypes(path: str | os.PathLike) -> dict[Path, np.dtype]:
   """Flax path -> dtype of each stored parameter, from orbax's metadata (no data read)."""
   import orbax.checkpoint as ocp
-  checkpointer = ocp.StandardCheckpointer()
-  tree = checkpointer.metadata(os.path.join(os.fspath(path), "params")).item_metadata.tree
+  params = os.path.join(os.fspath(path), "params")
+  if not os.path.isdir(params):
+    raise ValueError(f"{path}: no params/ folder: not an rf_jax checkpoint, or an incomplete one")
+  try:
+    tree = ocp.StandardCheckpointer().metadata(params).item_metadata.tree
+  except Exception as e:  # noqa: BLE001  orbax raises many kinds for a damaged folder
+    raise ValueError(f"{params}: the checkpoint's metadata cannot be read: damaged or incomplete "
+                     f"({type(e).__name__}: {_first_line(e)})") from None
   out = {}
   for keypath, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
     out[tuple(int(k.key) if str(k.key).isdigit() else k.key for k in keypath)] = np.dtype(leaf.dtype)
@@ -124,7 +130,55 @@ def _restore_tree(path: str | os.PathLike, shardings: ShardingSpec, kind: str | 
 
   abstract = nest({p: jax.ShapeDtypeStruct(s, dtypes[p], sharding=sharding_for(p, s)) for p, s in shapes.items()})
   checkpointer = ocp.StandardCheckpointer()
-  return config, checkpointer.restore(os.path.join(path, "params"), abstract)
+  try:
+    return config, checkpointer.restore(os.path.join(path, "params"), abstract)
+  except Exception as e:  # noqa: BLE001  a missing or truncated data file surfaces as many kinds of error
+    raise ValueError(f"{path}: reading the parameters failed: the checkpoint is damaged or incomplete "
+                     f"({type(e).__name__}: {_first_line(e)}); `rf-jax inspect --verify {path}` names the arrays"
+                     ) from None
+
+
+def _first_line(e: BaseException) -> str:
+  text = str(e).strip()
+  return text.splitlines()[0][:300] if text else type(e).__name__
+
+
+def verify_checkpoint(path: str | os.PathLike, kind: str | None = None) -> dict:
+  """Reads every stored array of a checkpoint (on the host: it needs the checkpoint's size in memory) and checks
+  its shape against the config, its dtype against the metadata, and that its values are finite. Returns
+  {"arrays", "parameters"}; raises ValueError naming the first array that cannot be read or is wrong."""
+  import orbax.checkpoint as ocp
+  path = os.path.abspath(os.fspath(path))
+  config = load_config(path, kind)
+  shapes = param_shapes(config)
+  dtypes = stored_dtypes(path)
+  missing, extra = sorted(set(shapes) - set(dtypes)), sorted(set(dtypes) - set(shapes))
+  if missing or extra:
+    raise ValueError(f"{path}: stored arrays do not match its config: missing {[format_key(p) for p in missing[:5]]}, "
+                     f"extra {[format_key(p) for p in extra[:5]]}")
+  device = jax.sharding.SingleDeviceSharding(jax.devices("cpu")[0])
+  try:  # the whole tree at once (orbax reads each array's own files; a missing or truncated one fails here)
+    restored = ocp.StandardCheckpointer().restore(os.path.join(path, "params"), nest(
+        {q: jax.ShapeDtypeStruct(s, dtypes[q], sharding=device) for q, s in shapes.items()}))
+  except Exception as e:  # noqa: BLE001
+    raise ValueError(f"{path}: reading the parameters failed: damaged or incomplete ({type(e).__name__}: "
+                     f"{_first_line(e)})") from None
+  flat = {tuple(int(k.key) if str(k.key).isdigit() else k.key for k in kp): leaf
+          for kp, leaf in jax.tree_util.tree_flatten_with_path(restored)[0]}
+  total = 0
+  for p, shape in sorted(shapes.items(), key=lambda kv: format_key(kv[0])):
+    a = np.asarray(flat[p])
+    if a.shape != tuple(shape) or a.dtype != dtypes[p]:
+      raise ValueError(f"{path}: array {format_key(p)} is {a.dtype}{list(a.shape)}; the checkpoint says "
+                       f"{dtypes[p]}{list(shape)}")
+    if not np.isfinite(a.astype(np.float32)).all():
+      raise ValueError(f"{path}: array {format_key(p)} holds NaN or infinite values")
+    total += a.size
+  return {"arrays": len(shapes), "parameters": int(total)}
+
+
+def format_key(p: Path) -> str:
+  return ".".join(map(str, p))
 
 
 def load_params(path: str | os.PathLike, *, shardings: ShardingSpec = None,

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 from typing import Sequence
 
@@ -29,13 +30,14 @@ def _leader_prints(obj) -> None:
 def cmd_convert(args) -> int:
   from rf_jax.convert.wan_folder import convert_source
   print(json.dumps(convert_source(args.src, args.out, dit=args.dit, weights=args.weights, config=args.config,
-                                  dtype=args.dtype, force=args.force, progress=not args.quiet)))
+                                  dtype=args.dtype, force=args.force, progress=not args.quiet,
+                                  check_finite=args.check_finite)))
   return 0
 
 
 def cmd_inspect(args) -> int:
   from rf_jax.pipeline import inspect_parameters
-  print(inspect_parameters(args.ckpt, preset=args.preset))
+  print(inspect_parameters(args.ckpt, preset=args.preset, verify=args.verify))
   return 0
 
 
@@ -80,7 +82,7 @@ def cmd_generate(args) -> int:
       global_sink=not args.no_global_sink, image=args.image, init_video=args.init_video, init_latents=args.init_latents,
       text_embeddings=args.text_embeddings, text_encoder=args.text_encoder, tokenizer=args.tokenizer,
       text_cache=args.text_cache, use_text_cache=not args.no_text_cache, vae=args.vae, video=not args.no_video,
-      fps=args.fps, video_scale=args.video_scale)
+      fps=args.fps, video_scale=args.video_scale, resume=args.resume, save_every=args.save_every)
   compile_cache.setup(args.compile_cache, args.no_compile_cache)
   s = generate_request(req, args.out, force=args.force, progress=not args.quiet, mesh=_mesh(args))
   _leader_prints({k: s[k] for k in ("frames", "samples", "chunks", "compile_count", "chunk_step_from", "seconds",
@@ -135,6 +137,7 @@ def _model_flags(p, *, preset_default: str | None) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(prog="rf-jax", description=__doc__.split("\n")[0])
+  parser.add_argument("--debug", action="store_true", help="show the traceback of any error")
   sub = parser.add_subparsers(dest="command", required=True)
 
   p = sub.add_parser("convert", help="PyTorch weights (a DiT, umT5, the VAE, or a whole Wan folder) -> rf_jax")
@@ -149,12 +152,14 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], help="store DiT and umT5 matrices in this "
                  "dtype (biases, norms, modulation stay float32; the VAE keeps its own); default: as stored")
   p.add_argument("--force", action="store_true", help="replace an existing OUT")
+  p.add_argument("--check-finite", action="store_true", help="refuse a source tensor holding NaN or infinity")
   p.add_argument("--quiet", action="store_true", help="no progress bar")
   p.set_defaults(func=cmd_convert)
 
   p = sub.add_parser("inspect", help="a checkpoint's (or a preset's) config, parameter count and dtypes")
   p.add_argument("ckpt", nargs="?", help="rf_jax checkpoint folder")
   p.add_argument("--preset", help="a preset's shapes instead (DiT presets, umt5-xxl, umt5-tiny, wan2.1-vae, vae-tiny)")
+  p.add_argument("--verify", action="store_true", help="read every array: shapes, dtypes and finite values")
   p.set_defaults(func=cmd_inspect)
 
   p = sub.add_parser("check-reference", help="compare the port with a folder of PyTorch reference outputs")
@@ -196,7 +201,10 @@ def build_parser() -> argparse.ArgumentParser:
                    ("--no-global-sink", dict(action="store_true", help="a re-cache rebuilds the sink too")),
                    ("--image", dict(help="image-to-video: this image (png, jpg, ...) is the first frame")),
                    ("--init-video", dict(help="extend this video (mp4): its frames come first")),
-                   ("--init-latents", dict(help="start from these latents (.npy [n, C, H, W], latents.npy's)"))):
+                   ("--init-latents", dict(help="start from these latents (.npy [n, C, H, W], latents.npy's)")),
+                   ("--resume", dict(action="store_true", help="continue the killed run of --out from its last save")),
+                   ("--save-every", dict(type=int, default=8, metavar="K", help="save a resume point every K chunks "
+                                         "(default 8; 0: none)"))):
     t.add_argument(flag, **kw)
   p.add_argument("--batch", type=int, default=1, help="samples per compiled rollout (with prompts: at most this many)")
   p.add_argument("--latent-hw", type=int, nargs=2, metavar=("H", "W"),
@@ -239,14 +247,54 @@ def build_parser() -> argparse.ArgumentParser:
   return parser
 
 
+USER_ERRORS = (ValueError, FileExistsError, FileNotFoundError, NotADirectoryError, IsADirectoryError,
+               PermissionError)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+  """Exit status 0 on success; 2 and one line naming the problem for a user's mistake; 1 and one line for anything
+  else (a bug: `--debug` shows its traceback); 130 on Ctrl-C."""
   args = build_parser().parse_args(argv)
+  if not args.debug:  # orbax's and absl's warnings would come before the one line that names the problem
+    import logging
+    logging.getLogger("absl").setLevel(logging.ERROR)
   try:
     return args.func(args)
-  except (ValueError, FileExistsError, FileNotFoundError) as e:
-    print(f"rf-jax {args.command}: error: {e}", file=sys.stderr)
+  except USER_ERRORS as e:
+    if args.debug:
+      raise
+    print(f"rf-jax {args.command}: error: {_one_line(e)}", file=sys.stderr)
     return 2
+  except KeyboardInterrupt:
+    print(f"rf-jax {args.command}: interrupted", file=sys.stderr)
+    return 130
+  except Exception as e:  # noqa: BLE001  a bug: one line, the traceback with --debug
+    if args.debug:
+      raise
+    print(f"rf-jax {args.command}: internal error: {type(e).__name__}: {_one_line(e)} (run with --debug for the "
+          "traceback)", file=sys.stderr)
+    return 1
+
+
+def _one_line(e: BaseException) -> str:
+  """The error's message on one line (a message listing several problems keeps them all, joined by "; ")."""
+  lines = [re.sub(r"^\s*-\s+", "", ln).strip() for ln in str(e).strip().splitlines()]
+  lines = [ln for ln in lines if ln]
+  if not lines:
+    return type(e).__name__
+  return lines[0] + (" " + "; ".join(lines[1:]) if len(lines) > 1 else "")
+
+
+def entry() -> None:
+  """The `rf-jax` console script: `main`, then exit. After an error, a process that used orbax leaves at once (its
+  background threads would print tracebacks at interpreter teardown, after the one line that names the problem)."""
+  code = main()
+  if code and "orbax.checkpoint" in sys.modules:
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+  sys.exit(code)
 
 
 if __name__ == "__main__":
-  sys.exit(main())
+  entry()

@@ -208,7 +208,15 @@ def load_python_value(path: str, name: str, kind: type, *, what: str, expected: 
     raise ValueError(f"{what} {path!r} does not exist")
   spec = importlib.util.spec_from_file_location(f"rf_jax_{name.lower()}_{abs(hash(path))}", path)
   module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
+  try:
+    spec.loader.exec_module(module)
+  except SyntaxError as e:
+    raise ValueError(f"{path}:{e.lineno}: {what}: syntax error: {e.msg}") from None
+  except Exception as e:  # noqa: BLE001  the file's own mistake (an unknown keyword, a bad value, a missing name)
+    import traceback
+    frames = [fr for fr in traceback.extract_tb(e.__traceback__) if os.path.abspath(fr.filename) == os.path.abspath(path)]
+    where = f"{path}:{frames[-1].lineno}" if frames else path
+    raise ValueError(f"{where}: {what}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
   value = getattr(module, name, None)
   if not isinstance(value, kind):
     raise ValueError(f"{path}: defines no {expected}")

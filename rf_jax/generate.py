@@ -36,7 +36,8 @@ import numpy as np
 
 from rf_jax import pipeline
 from rf_jax.config import ComputeDtype
-from rf_jax.io import LatentWriter, load_latents, shared_directory, write_json_atomic
+from rf_jax.io import (LatentWriter, check_unlocked, load_latents, resumable_directory, shared_directory,
+                       write_json_atomic)
 from rf_jax.memory import Geometry, Policy, policy_from_dict, policy_to_dict
 from rf_jax.metrics import FrameStats, motion_plot
 from rf_jax.ops import AttnImpl
@@ -44,7 +45,8 @@ from rf_jax.parallel.distributed import barrier, is_leader
 from rf_jax.parallel import placement
 from rf_jax.progress import progress_bar
 from rf_jax.runinfo import peak_bytes, run_info
-from rf_jax.sampling import PromptSchedule, Recache, Rollout, Sampler, random_text, seed_keys, text_rows
+from rf_jax.sampling import (PromptSchedule, Recache, ResumePoint, Rollout, Sampler, random_text, seed_keys,
+                             text_rows)
 from rf_jax.video import StreamDecoder
 
 DEFAULT_STEPS = (1000, 750, 500, 250)  # Self-Forcing's distilled 4-step list
@@ -92,6 +94,8 @@ class GenerateRequest:
   video_scale: int | None = None
   switches: tuple[tuple[int, str], ...] = ()  # (latent frame, prompt): the prompt from that frame on
   cut_frames: tuple[int, ...] = ()  # switches that are scene cuts (Infinity-RoPE's RoPE Cut)
+  resume: bool = False  # continue the unfinished run of OUT (.OUT.partial) from its last save
+  save_every: int = 8  # chunks between resume points (0: none)
   recache: Recache | None = None  # None: the policy's default (window: window; relax: all_memory)
   global_sink: bool = True
   image: str | None = None  # image-to-video: the first frame
@@ -233,6 +237,13 @@ def generate_request(req: GenerateRequest, out: str, *, force: bool = False, pro
   from rf_jax.text.encode import default_cache_dir, load_text_embeddings, pad_embeddings
   if os.path.exists(out) and not force:
     raise FileExistsError(f"{os.path.abspath(out)} already exists; pass --force to replace it")
+  check_partial(out, resume=req.resume, force=force)
+  if req.save_every < 0:
+    raise ValueError(f"--save-every {req.save_every} must be >= 0 (0: no resume points)")
+  for flag, value in (("--batch", req.batch), ("--fps", req.fps), ("--chunk-frames", req.chunk_frames),
+                      ("--video-scale", req.video_scale if req.video_scale is not None else 1)):
+    if value < 1:
+      raise ValueError(f"{flag} {value} must be >= 1")
   prompts = list(req.prompts)
   if prompts and req.text_embeddings:
     raise ValueError("give text as --prompt/--prompts or as --text-embeddings, not both")
@@ -246,7 +257,7 @@ def generate_request(req: GenerateRequest, out: str, *, force: bool = False, pro
       raise ValueError("the built-in demo model is unconditional (trained without text); --prompt and "
                        "--text-embeddings need --checkpoint or --preset")
   policy = resolve_policy(req, demo_info)
-  policy.validate(req.chunk_frames)  # bad memory settings are named now, before any model is loaded
+  policy.check(req.chunk_frames)  # bad memory settings are named now, before any model is loaded
   sources = pipeline.resolve_sources(req.source.path if req.source.origin is pipeline.DiTOrigin.CHECKPOINT else None,
                                      req.source.preset, text_encoder=req.text_encoder, tokenizer=req.tokenizer,
                                      vae=req.vae)
@@ -257,6 +268,10 @@ def generate_request(req: GenerateRequest, out: str, *, force: bool = False, pro
   if frames < 1:
     raise ValueError(f"--frames {frames} must be positive")
   latent_hw = tuple(req.latent_hw or req.source.default_latent_hw())
+  _, ph, pw = dit_config.patch_size
+  if min(latent_hw) < 1 or latent_hw[0] % ph or latent_hw[1] % pw:
+    raise ValueError(f"--latent-hw {latent_hw[0]} {latent_hw[1]}: must be positive multiples of the model's patch "
+                     f"({ph}, {pw})")
   # Pixel-space models (the demo, and what `rf-jax train` makes: RGB in and out) are unconditional: zero text.
   pixels = demo_info is not None or dit_config.out_dim == 3
   vae_strides = None
@@ -272,6 +287,9 @@ def generate_request(req: GenerateRequest, out: str, *, force: bool = False, pro
                                   else 1 + (initial.shape[1] - 1) // vae_strides[0])
   schedule = (check_switches(req.switches, n0 + sampler.whole_chunks(frames), req.cut_frames) if req.switches
               else None)
+  samples = 1 if req.switches else len(prompts) if prompts else req.batch
+  check_disk(out, samples * (n0 + frames) * dit_config.out_dim * latent_hw[0] * latent_hw[1] * 4, frames,
+             progress=progress)
   recache = policy.default_recache if req.recache is None else req.recache
   if schedule and (recache is Recache.FLUSH or schedule.has_cuts) and not policy.scene_events:
     raise ValueError(f"{'--recache flush' if recache is Recache.FLUSH else '--cut'}: KV Flush and RoPE Cut are "
@@ -316,7 +334,35 @@ def generate_request(req: GenerateRequest, out: str, *, force: bool = False, pro
   return generate(model, policy, sampler, spec, out, text_embeddings=text, prompts=prompts or None, vae=vae,
                   pixels=pixels and req.video, force=force, progress=progress, mesh=mesh,
                   extra_summary={"source": source, **text_info}, initial=initial, schedule=schedule,
-                  recache=recache, global_sink=req.global_sink)
+                  recache=recache, global_sink=req.global_sink, resume=req.resume, save_every=req.save_every)
+
+
+def check_disk(out: str, nbytes: int, frames: int, *, progress: bool) -> None:
+  """Says what latents.npy will take (for long runs) and refuses a run whose latents the disk of OUT cannot hold."""
+  import shutil
+  parent = os.path.dirname(os.path.abspath(out))
+  while not os.path.isdir(parent):
+    parent = os.path.dirname(parent)
+  free = shutil.disk_usage(parent).free
+  if nbytes > free:
+    raise ValueError(f"--frames {frames}: latents.npy alone would take {nbytes / 2**30:.2f} GiB; the disk of "
+                     f"{os.path.abspath(out)} has {free / 2**30:.2f} GiB free")
+  if progress and nbytes > 2**30:
+    print(f"rf-jax generate: latents.npy will take {nbytes / 2**30:.2f} GiB ({free / 2**30:.1f} GiB free)",
+          file=sys.stderr)
+
+
+def check_partial(out: str, *, resume: bool, force: bool) -> None:
+  """Before anything loads: --resume needs an unfinished run of OUT, and an unfinished run needs --resume (or
+  --force to discard it)."""
+  dest = os.path.abspath(out)
+  check_unlocked(dest)
+  partial = os.path.join(os.path.dirname(dest), f".{os.path.basename(dest)}.partial")
+  if resume and not os.path.isdir(partial):
+    raise ValueError(f"--resume: there is no unfinished run of {dest} to continue ({partial} does not exist)")
+  if os.path.isdir(partial) and not resume and not force:
+    raise FileExistsError(f"{dest}: an unfinished run is at {partial}; pass --resume to continue it, or --force to "
+                          "discard it")
 
 
 def video_names(n: int) -> list[str]:
@@ -328,7 +374,7 @@ def generate(model, policy: Policy, sampler: Sampler, spec: GenerateSpec, out: s
              pixels: bool = False, force: bool = False, progress: bool = True, mesh: jax.sharding.Mesh | None = None,
              extra_summary: dict[str, Any] | None = None, initial: np.ndarray | None = None,
              schedule: PromptSchedule | None = None, recache: Recache | None = None,
-             global_sink: bool = True) -> dict[str, Any]:
+             global_sink: bool = True, resume: bool = False, save_every: int = 8) -> dict[str, Any]:
   """Runs the rollouts and writes OUT atomically; returns the summary.
 
   text_embeddings: float32 [N, P, text_dim] (N samples; P <= text_len rows, zero-padded), or None for `batch`
@@ -341,6 +387,10 @@ def generate(model, policy: Policy, sampler: Sampler, spec: GenerateSpec, out: s
     copied to the output; spec.frames are generated after them.
   schedule: prompt switches; text_embeddings are then [K, P, text_dim], the K prompts of one video, and at each
     switch the memory is re-cached (`recache`, `global_sink`; rf_jax.sampling.switching).
+  Killed runs: on one process the run is assembled in `.OUT.partial`, and every `save_every` chunks (0: never) the
+  memory state, the chunk reached and the traces so far are saved there; `resume` continues such a run from its
+  last save (same settings, checked) to the latents an uninterrupted run writes, re-decoding the saved latents into
+  fresh mp4 files first.
   """
   cfg = model.config
   f = sampler.chunk_frames
@@ -381,21 +431,39 @@ def generate(model, policy: Policy, sampler: Sampler, spec: GenerateSpec, out: s
   bar = progress_bar(rollout.num_chunks * len(groups), desc="generate", unit="chunk", enabled=progress and is_leader())
   stats: dict[int, FrameStats] = {}
 
-  with shared_directory(out, force=force) as tmp:
+  multi = jax.process_count() > 1
+  if resume and multi:
+    raise ValueError("--resume: continuing a run of several processes is not supported yet")
+  identity = run_identity(policy, sampler, spec, cfg, context, initial, schedule, recache, global_sink, model.dtype)
+  folder = shared_directory(out, force=force) if multi else resumable_directory(out, force=force, resume=resume)
+  with folder as entered:
+    tmp, resuming = (entered, False) if multi else entered
+    saved = load_progress(tmp, identity) if resuming else None
     latents_path = os.path.join(tmp, "latents.npy")
-    if is_leader():
+    if is_leader() and (saved is None or not os.path.exists(latents_path)):
       LatentWriter.create(latents_path, shape)
     barrier("rf_jax.generate.latents")
     writer = LatentWriter(latents_path, shape)
     decoder = (StreamDecoder(vae, rollout.chunk_shape, tmp, names, n0 + spec.frames, spec.fps, spec.video_scale)
                if video else None)
     plan = schedule.chunk_prompts([n0 + j * f for j in range(rollout.num_chunks)])
+    if saved is not None:
+      chunks.extend(saved["chunks"])
     t0 = time.perf_counter()
     try:
       for gi, (start, count) in enumerate(groups):
         rows = [min(start + i, n - 1) for i in range(spec.batch)]  # the last group is padded by repeats
         given = None if initial is None else initial[[min(r, initial.shape[0] - 1) for r in rows]]
-        if given is not None and is_leader():  # the given frames open every video, copied
+        done = 0 if saved is None else (rollout.num_chunks if gi < saved["group"] else
+                                        saved["chunk"] if gi == saved["group"] else 0)
+        if done:  # resumed: what the killed run wrote goes through the decoder again, for fresh mp4 files
+          bar.update(done)
+          if decoder is not None:
+            replay(decoder, stats, latents_path, range(start, start + count), chunks=done, chunk_frames=f, n0=n0)
+          if done == rollout.num_chunks:
+            decoder.finish() if decoder is not None else None
+            continue
+        elif given is not None and is_leader():  # the given frames open every video, copied
           for i in range(count):
             writer.write(0, np.moveaxis(given[i:i + 1], -1, 2), start + i)
             if decoder is not None:
@@ -418,12 +486,25 @@ def generate(model, policy: Policy, sampler: Sampler, spec: GenerateSpec, out: s
             chunks.append({"chunk": j, "frames": [n0 + j * f, n0 + j * f + f - 1], "prompt": plan[j][0],
                            **policy.describe(j, chunk_out.trace, chunk_out.calls)})
           times.append(time.perf_counter())
-          if j > 0:
+          if len(times) > 1:
             bar.set_postfix_str(f"{(times[-1] - times[-2]) * 1e3:.0f} ms/chunk", refresh=False)
           bar.update(1)
 
+        def on_checkpoint(j, state, gi=gi):
+          save_progress(tmp, identity, {"group": gi, "chunk": j, "chunks": chunks, "switches": rollout.switches},
+                        state)
+
+        point = None
+        if done:
+          history = None
+          if switching and rollout.recache_width is not None:  # the re-caches read the frames so far
+            history = np.moveaxis(np.load(latents_path, mmap_mode="r")[rows], 2, -1).astype(np.float32)
+          point = ResumePoint(done, load_state(tmp, saved, rollout), history, tuple(saved["switches"]))
         rollout.run(context[:, rows] if switching else context[rows], key=keys, on_chunk=on_chunk, initial=given,
-                    schedule=schedule)
+                    schedule=schedule, resume=point, on_checkpoint=None if multi else on_checkpoint,
+                    checkpoint_every=save_every)
+        if not multi and gi + 1 < len(groups):
+          save_progress(tmp, identity, {"group": gi + 1, "chunk": 0, "chunks": chunks, "switches": []}, None)
         if decoder is not None:
           decoder.finish()
     except BaseException:
@@ -433,6 +514,8 @@ def generate(model, policy: Policy, sampler: Sampler, spec: GenerateSpec, out: s
     bar.close()
     seconds = time.perf_counter() - t0
     writer.close()
+    if not multi:
+      clear_progress(tmp)
     peak, peak_source = peak_bytes()
     intervals = np.diff(times[:rollout.num_chunks]) if len(times) > 1 else np.array([])
     video_info = None
@@ -459,6 +542,7 @@ def generate(model, policy: Policy, sampler: Sampler, spec: GenerateSpec, out: s
         "first_chunk_seconds": round(times[0] - t0, 3),
         "steady_seconds_per_chunk": round(float(np.median(intervals)), 4) if intervals.size else None,
         "peak_bytes": peak, "peak_bytes_source": peak_source,
+        "resumed_from": None if saved is None else {"group": saved["group"], "chunk": saved["chunk"]},
         "latents": {"file": "latents.npy", "shape": list(shape), "layout": "B F C H W", "dtype": "float32"},
         "model": cfg.to_dict(), "compute_dtype": str(jnp.dtype(model.dtype)),
         "attention": model.attention_backend().value,
@@ -476,3 +560,94 @@ def generate(model, policy: Policy, sampler: Sampler, spec: GenerateSpec, out: s
       marks = [(1 + stride * (e["frame"] - 1) if e["frame"] else 0) / spec.fps for e in rollout.switches]
       motion_plot(stats, spec.fps, os.path.join(tmp, "motion.png"), markers=marks)
   return summary
+
+
+# ------------------------------------------------------------------------------------------------ killed runs
+
+RESUME_DIR = ".resume"  # inside .OUT.partial: progress.json and the memory state of the last save
+
+
+def run_identity(policy, sampler, spec, cfg, context, initial, schedule, recache, global_sink, dtype) -> dict:
+  """What must be the same for a run to continue another's: every setting that changes the latents."""
+  import hashlib
+  digest = lambda a: None if a is None else hashlib.sha256(np.ascontiguousarray(a).tobytes()).hexdigest()[:16]  # noqa: E731
+  return {"policy": policy_to_dict(policy), "timesteps": list(sampler.timesteps), "shift": sampler.schedule.shift,
+          "eta": sampler.eta, "context_noise": sampler.context_noise, "chunk_frames": sampler.chunk_frames,
+          "spec": dataclasses.asdict(spec) | {"latent_hw": list(spec.latent_hw)}, "model": cfg.to_dict(),
+          "compute_dtype": str(jnp.dtype(dtype)), "text": digest(context), "initial": digest(initial),
+          "switches": [list(schedule.switch_frames), list(schedule.cuts)],
+          "recache": None if recache is None else recache.value, "global_sink": bool(global_sink)}
+
+
+def save_progress(folder: str, identity: dict, progress: dict, state) -> None:
+  """A resume point: the memory state (host arrays; None at a group's start) first, under a name of its own, then
+  progress.json naming it (replaced atomically), then the older state files go: a kill at any moment leaves a
+  consistent pair."""
+  d = os.path.join(folder, RESUME_DIR)
+  os.makedirs(d, exist_ok=True)
+  name, dtypes = None, None
+  if state is not None:
+    leaves = [np.asarray(a) for a in jax.tree.leaves(state)]
+    dtypes = [str(a.dtype) for a in leaves]
+    name = f"state-{progress['group']:04d}-{progress['chunk']:06d}.npz"
+    tmp = os.path.join(d, f".{name}.tmp-{os.getpid()}")
+    with open(tmp, "wb") as fh:  # exotic dtypes (bfloat16) travel as unsigned integers of their size
+      np.savez(fh, **{f"a{i}": a.view(f"u{a.dtype.itemsize}") if a.dtype.kind == "V" or a.dtype.name == "bfloat16"
+                      else a for i, a in enumerate(leaves)})
+      fh.flush()
+      os.fsync(fh.fileno())
+    os.replace(tmp, os.path.join(d, name))
+  write_json_atomic(os.path.join(d, "progress.json"), {**progress, "identity": identity, "state": name,
+                                                       "dtypes": dtypes})
+  for old in os.listdir(d):
+    if old.startswith("state-") and old != name:
+      os.remove(os.path.join(d, old))
+
+
+def load_progress(folder: str, identity: dict) -> dict:
+  """The last resume point of the unfinished run in `folder`, refused (naming the settings) when it was started
+  with other settings."""
+  import json
+  path = os.path.join(folder, RESUME_DIR, "progress.json")
+  try:
+    with open(path) as fh:
+      saved = json.load(fh)
+  except FileNotFoundError:
+    saved = {"group": 0, "chunk": 0, "chunks": [], "switches": [], "state": None, "identity": identity}
+  except json.JSONDecodeError as e:
+    raise ValueError(f"--resume: {path} is damaged ({e}); pass --force to start over") from None
+  differ = sorted(k for k in set(identity) | set(saved["identity"]) if identity.get(k) != saved["identity"].get(k))
+  if differ:
+    raise ValueError(f"--resume: the unfinished run was started with other settings ({', '.join(differ)} differ); "
+                     "repeat its command with --resume, or pass --force to start over")
+  return saved
+
+
+def load_state(folder: str, saved: dict, rollout: Rollout):
+  """The saved memory state, in the rollout's structure (host arrays; checked and placed by `Rollout.run`)."""
+  like = jax.eval_shape(lambda: rollout.policy.init(rollout.geometry))
+  with np.load(os.path.join(folder, RESUME_DIR, saved["state"])) as z:
+    leaves = [z[f"a{i}"].view(jnp.dtype(dt)) for i, dt in enumerate(saved["dtypes"])]
+  return jax.tree.unflatten(jax.tree.structure(like), leaves)
+
+
+def clear_progress(folder: str) -> None:
+  import shutil
+  shutil.rmtree(os.path.join(folder, RESUME_DIR), ignore_errors=True)
+
+
+def replay(decoder: StreamDecoder, stats: dict, latents_path: str, samples, *, chunks: int, chunk_frames: int,
+           n0: int) -> None:
+  """Feeds the decoder the latents already written of `samples` (their given frames, then `chunks` chunks), as the
+  killed run did: the mp4 files and motion statistics come out the same."""
+  lat = np.load(latents_path, mmap_mode="r")  # [N, T, C, H, W]
+  f = chunk_frames
+  for sample in samples:
+    z = np.moveaxis(np.asarray(lat[sample], np.float32), 1, -1)  # [T, H, W, C]
+    if n0:
+      stats.setdefault(sample, FrameStats()).update(decoder.add(sample, 0, z[:n0]))
+    for j in range(chunks):
+      block = z[n0 + j * f:n0 + (j + 1) * f]
+      if block.shape[0] < f:  # the last chunk's frames past --frames were dropped: pad (the decode is causal)
+        block = np.concatenate([block, np.zeros((f - block.shape[0], *block.shape[1:]), block.dtype)])
+      stats.setdefault(sample, FrameStats()).update(decoder.add(sample, j + (n0 > 0), block))

@@ -323,9 +323,9 @@ def load_dit(source: DiTSource, *, dtype: ComputeDtype | str = ComputeDtype.FLOA
   return demo.load_demo(dtype=dtype, attn_impl=attn_impl)[0]
 
 
-def inspect_parameters(ckpt: str | None = None, *, preset: str | None = None) -> str:
+def inspect_parameters(ckpt: str | None = None, *, preset: str | None = None, verify: bool = False) -> str:
   """`rf-jax inspect`: a checkpoint's (or, through jax.eval_shape, a preset's) kind, config, parameter count by
-  dtype and meta, as text."""
+  dtype and meta, as text; with `verify`, every array read and checked (`checkpoint.verify_checkpoint`)."""
   import numpy as np
   from rf_jax import checkpoint, registry
   from rf_jax.text.umt5 import PRESETS as TEXT_PRESETS
@@ -340,6 +340,9 @@ def inspect_parameters(ckpt: str | None = None, *, preset: str | None = None) ->
   else:
     if is_pipeline(ckpt):
       raise ValueError(f"{ckpt} is a pipeline folder; inspect its parts: dit/, umt5/ or vae/")
+    if os.path.isfile(ckpt):
+      raise ValueError(f"{ckpt} is a file; inspect reads rf_jax checkpoint folders (convert PyTorch weights first: "
+                       f"rf-jax convert {ckpt} OUT)")
     config = checkpoint.load_config(ckpt, kind=None)
     shapes = registry.param_shapes(config)
     dtypes = checkpoint.stored_dtypes(ckpt)
@@ -355,4 +358,10 @@ def inspect_parameters(ckpt: str | None = None, *, preset: str | None = None) ->
            f"parameters: {total:,} in {len(shapes)} arrays ({nbytes / 2**30:.3f} GiB)"]
   lines += [f"  {dt}: {count:,} parameters in {n} arrays" for dt, (n, count) in sorted(by_dtype.items())]
   lines += [f"{k}: {v}" for k, v in meta.items()]
+  if ckpt is not None and verify:
+    got = checkpoint.verify_checkpoint(ckpt)
+    lines.append(f"verified: all {got['arrays']} arrays read ({got['parameters']:,} values): shapes and dtypes as "
+                 "stored, every value finite")
+  elif ckpt is not None:
+    lines.append("(read from the metadata only; `rf-jax inspect --verify` reads and checks every array)")
   return "\n".join(lines)

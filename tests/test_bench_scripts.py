@@ -103,4 +103,4 @@ def test_memory_study_on_a_tiny_random_demo(tmp_path):
   for r in rows[1:]:
     assert r["compile_count"] == 1 and r["steady_ms_per_chunk"] > 0
   assert rows[0]["consistency_first5s"] > 0.8  # the dataset keeps its shapes
-  assert (out / "study.png").exists() and len(list(out.glob("strip_*.png"))) == 7
+  assert (out / "study.png").exists() and len(list(out.glob("strip_*.png"))) == 9

@@ -42,17 +42,23 @@ def test_generate_writes_latents_trace_and_summary(tmp_path, capsys):
   np.testing.assert_array_equal(np.load(out / "latents.npy"), latents)
 
 
-def test_a_failed_run_leaves_nothing_under_the_final_name(tmp_path, monkeypatch):
+def test_a_failed_run_leaves_nothing_under_the_final_name(tmp_path, monkeypatch, capsys):
+  """Interrupted after its first chunk: nothing under OUT, the unfinished run kept (and said) for --resume."""
   calls = []
+  write = rf_io.LatentWriter.write
 
   def explode(self, first_frame, chunk, first_sample=0):
     calls.append(first_frame)
     if len(calls) == 2:
-      raise KeyboardInterrupt  # as if the run were killed after the first chunk
+      raise KeyboardInterrupt  # as if the run were stopped after the first chunk
+    write(self, first_frame, chunk, first_sample)
   monkeypatch.setattr(rf_io.LatentWriter, "write", explode)
-  with pytest.raises(KeyboardInterrupt):
-    run("--memory", "window", "--window-frames", "6", "--frames", "9", "--out", str(tmp_path / "v"))
-  assert list(tmp_path.iterdir()) == []
+  argv = ("--memory", "window", "--window-frames", "6", "--frames", "9", "--out", str(tmp_path / "v"))
+  assert run(*argv) == 130
+  assert sorted(p.name for p in tmp_path.iterdir()) == [".v.partial"]
+  assert "--resume continues it" in capsys.readouterr().err
+  monkeypatch.undo()
+  assert run(*argv, "--resume") == 0 and sorted(p.name for p in tmp_path.iterdir()) == ["v"]
 
 
 @pytest.mark.parametrize("argv,message", [

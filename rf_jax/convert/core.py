@@ -13,6 +13,7 @@ import numpy as np
 from rf_jax.convert import umt5, wan_dit, wan_vae
 from rf_jax.convert.readers import SourceTensor, open_source
 from rf_jax.convert.wan_dit import ConversionError, format_path, plan
+from rf_jax.io import clean_leftovers
 from rf_jax.registry import count_params, kind_of, model_from_params, nest, param_shapes
 
 DTYPES = {"float32": np.dtype(np.float32), "bfloat16": np.dtype(ml_dtypes.bfloat16),
@@ -47,29 +48,39 @@ def rules_for(config) -> tuple[tuple, int]:
 
 def convert_tensors(tensors: list[SourceTensor], config, *, dtype: str | None = None,
                     allocate: Callable[[Path, tuple[int, ...], np.dtype], np.ndarray] | None = None,
-                    progress: bool = False) -> dict[Path, np.ndarray]:
+                    progress: bool = False, check_finite: bool = False) -> dict[Path, np.ndarray]:
   """Fills every parameter of `config`'s model from `tensors`, strictly. Reads one tensor at a time, in the given (shard) order.
 
   allocate(path, shape, dtype) makes the destination arrays (default: in memory; `convert_checkpoint` passes
-  memory-mapped files so a 14B model never has to fit in RAM).
+  memory-mapped files so a 14B model never has to fit in RAM). Every source tensor's dtype is checked before any
+  data is read (floating, and one dtype for all the layers of a stacked parameter unless `dtype` casts them);
+  `check_finite` also refuses a tensor holding NaN or infinity, naming it.
   """
   shapes = param_shapes(config)
   rules, num_layers = rules_for(config)
   assignments = plan(tensors, shapes, num_layers=num_layers, rules=rules)
   allocate = allocate or (lambda p, s, d: np.empty(s, d))
   dtypes: dict[Path, np.dtype] = {}
+  first: dict[Path, SourceTensor] = {}
   for a in assignments:
-    dtypes.setdefault(a.target, param_dtype_for(a.target, shapes[a.target], dtype, a.source.dtype))
-  for p, d in dtypes.items():
+    d = np.dtype(a.source.dtype)
     if not np.issubdtype(d, np.floating) and d != np.dtype(ml_dtypes.bfloat16):
-      raise ConversionError(f"{format_path(p)}: source dtype {d} is not a floating type")
+      raise ConversionError(f"{a.source.key} ({format_path(a.target)}): source dtype {d} is not a floating type")
+    seen = first.setdefault(a.target, a.source)
+    if dtype is None and np.dtype(seen.dtype) != d:
+      raise ConversionError(f"{a.source.key} is {d} but {seen.key} ({format_path(a.target)} of another layer) is "
+                            f"{np.dtype(seen.dtype)}; pass --dtype to store them in one dtype")
+    dtypes.setdefault(a.target, param_dtype_for(a.target, shapes[a.target], dtype, a.source.dtype))
   out = {p: allocate(p, shapes[p], dtypes[p]) for p in shapes}
   iterator: Any = assignments
   if progress:
     from tqdm import tqdm
     iterator = tqdm(assignments, desc="converting", unit="tensor")
   for a in iterator:
-    value = a.transform(a.source.load()).astype(dtypes[a.target])
+    raw = a.source.load()
+    if check_finite and not np.isfinite(np.asarray(raw, np.float32)).all():
+      raise ConversionError(f"{a.source.key} ({a.source.shard}): holds NaN or infinite values")
+    value = a.transform(raw).astype(dtypes[a.target])
     if a.layer is None:
       out[a.target][...] = value
     else:
@@ -77,9 +88,13 @@ def convert_tensors(tensors: list[SourceTensor], config, *, dtype: str | None = 
   return out
 
 
+STAGING_PREFIX = ".rf_jax-staging-"  # + PID: the memory-mapped parameters of a conversion in progress
+
+
 def convert_checkpoint(src: str | os.PathLike, out: str | os.PathLike, *, config,
                        weights: str | None = None, dtype: str | None = None, force: bool = False,
-                       progress: bool = True, extra_meta: Mapping[str, Any] | None = None) -> dict:
+                       progress: bool = True, extra_meta: Mapping[str, Any] | None = None,
+                       check_finite: bool = False) -> dict:
   """Converts PyTorch weights (safetensors, sharded safetensors, or .pt/.pth) of the model `config` describes (DiT,
   umT5 or VAE) into an rf_jax orbax checkpoint.
 
@@ -92,13 +107,15 @@ def convert_checkpoint(src: str | os.PathLike, out: str | os.PathLike, *, config
     raise FileExistsError(f"{out} already exists; pass --force to replace it")
   tensors, info = open_source(src, weights=weights)
   os.makedirs(os.path.dirname(out), exist_ok=True)
-  with tempfile.TemporaryDirectory(prefix=".rf_jax-staging-", dir=os.path.dirname(out)) as staging:
+  clean_leftovers(os.path.dirname(out), STAGING_PREFIX, what="conversion staging")
+  with tempfile.TemporaryDirectory(prefix=f"{STAGING_PREFIX}{os.getpid()}-", dir=os.path.dirname(out)) as staging:
 
     def allocate(path, shape, dt):
       name = os.path.join(staging, format_path(path) + ".npy")
       return np.lib.format.open_memmap(name, mode="w+", dtype=dt, shape=shape)
 
-    params = convert_tensors(tensors, config, dtype=dtype, allocate=allocate, progress=progress)
+    params = convert_tensors(tensors, config, dtype=dtype, allocate=allocate, progress=progress,
+                             check_finite=check_finite)
     for arr in params.values():
       arr.flush()
     meta = {**info, "dtype": dtype or "source", "num_params": count_params(config),

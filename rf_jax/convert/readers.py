@@ -119,8 +119,13 @@ def _state_dict_from_pt(obj: Any, path: str, weights: str | None) -> tuple[dict[
   for key in _PT_WEIGHT_KEYS:
     if key in obj and is_state_dict(obj[key]):
       return dict(obj[key]), key
-  raise ValueError(f"{path}: found no state dict; top-level keys are {sorted(map(str, obj))} "
-                   f"(pass --weights to pick one)")
+  dicts = [k for k in obj if is_state_dict(obj[k])]
+  nameable = [k for k in dicts if k in _PT_WEIGHT_KEYS]
+  hint = (f"pass --weights {' or '.join(nameable)}" if nameable else
+          f"the state dicts it holds are under {dicts}, which --weights cannot name ({', '.join(_PT_WEIGHT_KEYS)}); "
+          "re-save the one you want alone" if dicts else "none of its entries is a state dict of tensors")
+  raise ValueError(f"{path}: found no state dict at the top or under {', '.join(_PT_WEIGHT_KEYS)}; top-level keys "
+                   f"are {sorted(map(str, obj))} ({hint})")
 
 
 def open_source(path: str | os.PathLike, *, weights: str | None = None) -> tuple[list[SourceTensor], dict]:
@@ -132,6 +137,8 @@ def open_source(path: str | os.PathLike, *, weights: str | None = None) -> tuple
   """
   path = os.fspath(path)
   info: dict[str, Any] = {"source": os.path.abspath(path)}
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"{path}: no such file or folder")
   if os.path.isdir(path):
     entries = sorted(os.listdir(path))
     index = [e for e in entries if e.endswith(".safetensors.index.json")]

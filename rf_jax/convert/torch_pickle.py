@@ -25,7 +25,7 @@ import numpy as np
 __all__ = ["LazyTensor", "UnsafePickleError", "load_pt"]
 
 
-class UnsafePickleError(pickle.UnpicklingError):
+class UnsafePickleError(pickle.UnpicklingError, ValueError):
   """The pickle names a global that is not on the allow-list (it could run code)."""
 
 
@@ -190,5 +190,7 @@ def load_pt(path: str | os.PathLike) -> Any:
   try:
     with zf.open(pkl[0]) as f:
       return _RestrictedUnpickler(f, archive).load()
-  except (EOFError, zipfile.BadZipFile) as e:
+  except UnsafePickleError:
+    raise
+  except (EOFError, zipfile.BadZipFile, pickle.UnpicklingError) as e:
     raise ValueError(f"{path}: cannot read {pkl[0]}: {e} (truncated or corrupt file)") from None

@@ -93,7 +93,7 @@ def config_for(kind: str, tensors: list[SourceTensor], config_spec: str | None, 
 
 def convert_wan_folder(src: str, out: str, *, dit: str | None = None, weights: str | None = None,
                        config=None, dtype: str | None = None, force: bool = False,
-                       progress: bool = True) -> dict[str, Any]:
+                       progress: bool = True, check_finite: bool = False) -> dict[str, Any]:
   """Converts the Wan folder `src` into the pipeline folder `out`; returns a summary.
 
   dit: another DiT weight file to use instead of the folder's (e.g. Self-Forcing's `self_forcing_dmd.pt`; `weights`
@@ -133,7 +133,8 @@ def convert_wan_folder(src: str, out: str, *, dit: str | None = None, weights: s
     for name, source, cfg, kw in (("dit", dit_src, dit_config, {"weights": weights, "dtype": dtype}),
                                   ("umt5", t5_path, t5_config, {"dtype": dtype}),
                                   ("vae", vae_path, vae_config, {})):
-      meta = convert_checkpoint(source, os.path.join(tmp, name), config=cfg, progress=progress, **kw)
+      meta = convert_checkpoint(source, os.path.join(tmp, name), config=cfg, progress=progress,
+                                check_finite=check_finite, **kw)
       summary[name] = {k: meta.get(k) for k in ("source", "weights", "dtype", "num_params")}
     os.makedirs(os.path.join(tmp, "tokenizer"))
     for name in TOKENIZER_FILES:
@@ -146,19 +147,19 @@ def convert_wan_folder(src: str, out: str, *, dit: str | None = None, weights: s
 
 def convert_source(src: str, out: str, *, dit: str | None = None, weights: str | None = None,
                    config: str | None = None, dtype: str | None = None, force: bool = False,
-                   progress: bool = True) -> dict[str, Any]:
+                   progress: bool = True, check_finite: bool = False) -> dict[str, Any]:
   """`rf-jax convert SRC OUT`: a whole Wan folder -> a pipeline folder, or one model's weights (its kind read off
   the tensors) -> one checkpoint. Returns what was written."""
   from rf_jax.convert.core import convert_checkpoint
   t0 = time.perf_counter()
   if is_wan_folder(src):
     return convert_wan_folder(src, out, dit=dit, weights=weights, config=config, dtype=dtype, force=force,
-                              progress=progress)
+                              progress=progress, check_finite=check_finite)
   if dit:
     raise ValueError("--dit applies to a whole Wan folder (one holding models_t5_umt5-xxl-enc-bf16.pth and "
                      "Wan2.1_VAE.pth)")
   tensors, _ = open_source(src, weights=weights)
   kind = detect_kind(tensors)
   meta = convert_checkpoint(src, out, config=config_for(kind, tensors, config, src), weights=weights, dtype=dtype,
-                            force=force, progress=progress)
+                            force=force, progress=progress, check_finite=check_finite)
   return {"out": os.path.abspath(out), "kind": kind, "seconds": round(time.perf_counter() - t0, 2), **meta}

@@ -14,6 +14,7 @@ settings by field name except `lambda` (Relax's `lam`, a Python keyword): `polic
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any
 
 from rf_jax.memory.base import CallView, Chunk, Policy, Recache, RecachePlan, check_video_length, moved_by
@@ -91,8 +92,10 @@ def policy_from_dict(d: dict[str, Any], *, source: str = "memory", **overrides: 
     if isinstance(default, (int, float)) and not isinstance(default, bool):
       try:
         value = type(default)(value)
-      except (TypeError, ValueError):
+      except (TypeError, ValueError, OverflowError):
         raise ValueError(f"{source}: {key}={value!r} is not a {type(default).__name__}") from None
+      if not math.isfinite(value):
+        raise ValueError(f"{source}: {key}={value} is not a finite number")
     kwargs[field] = value
   return cls(**kwargs)
 

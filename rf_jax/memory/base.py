@@ -102,6 +102,14 @@ class Policy:
   def validate(self, chunk_frames: int) -> None:
     """Raises ValueError naming the setting when this configuration cannot run with `chunk_frames`."""
 
+  def check(self, chunk_frames: int) -> None:
+    """`validate`, after the checks every policy shares: its numbers are finite."""
+    for f in dataclasses.fields(self):
+      value = getattr(self, f.name)
+      if isinstance(value, float) and not np.isfinite(value):
+        raise ValueError(f"{self.name}: {f.name}={value} is not a finite number")
+    self.validate(chunk_frames)
+
   # ----------------------------------------------------------------------------------------- layout vs scalars
 
   def static_part(self) -> "Policy":

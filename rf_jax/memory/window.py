@@ -99,10 +99,23 @@ class WindowPolicy(Policy):
 
   def recache_width(self, geom: Geometry, recache: Recache) -> int:
     """WINDOW and ALL_MEMORY are the same here: the window is all the memory holds."""
-    if self.positions != "absolute":
-      raise ValueError(f"window: positions={self.positions!r} cannot re-cache after a prompt switch (LongLive's "
-                       "re-cache is defined for absolute positions); use positions=absolute or recache=none")
+    if recache not in (Recache.WINDOW, Recache.ALL_MEMORY):
+      raise ValueError(f"window: recache={recache.value!r}; a window re-caches its window (window = all_memory) "
+                       "or none")
     return geom.total_frames if self.window_frames == -1 else self.window_frames
+
+  def _scheme_positions(self, frames: Array, c: Array, capacity: int) -> Array:
+    """Where the chunk at `c` is shown the frames `frames` under this scheme (`positions_of` for frames not yet
+    in a view): the re-run call of a switch places them there, so their keys see each other as the next chunk will
+    see them (absolute: at their frames, LongLive's)."""
+    s = self.sink_frames
+    is_sink = frames < s
+    if self.positions == "end_aligned":
+      return jnp.where(is_sink, frames, frames + capacity - c)
+    if self.positions == "relocated_sink":
+      oldest = jnp.maximum(s, c - (capacity - s)) if self.window_frames != -1 else jnp.full_like(c, s)
+      return jnp.where(is_sink, oldest - s + frames, frames)
+    return frames
 
   def _recache_start(self, c: Array) -> Array:
     """st: the first re-run frame, c - min(window, c) (0 for a global window)."""
@@ -118,7 +131,14 @@ class WindowPolicy(Policy):
     keep = keep_sink & (st > 0)
     keys = rerun & ~(keep & (frames < st + s))
     kept = (jnp.arange(res.capacity) < s)[None] & (res.frame >= 0) & keep  # [B, R]
-    return res, RecachePlan(frames, rerun, keys, MemoryView(res.k, res.v, None, kept))
+    if self.positions == "absolute":
+      return res, RecachePlan(frames, rerun, keys, MemoryView(res.k, res.v, None, kept))
+    # A relative scheme shows the frames elsewhere: the re-run call places them as the switch chunk will see them,
+    # and the kept sink (stored at its frames) is turned to its place in that view.
+    pos = self._scheme_positions(jnp.maximum(frames, 0), c, res.capacity)
+    sink_pos = self._scheme_positions(res.frame, c, res.capacity)
+    shift = jnp.where(kept, sink_pos - res.frame, 0).astype(jnp.int32)
+    return res, RecachePlan(frames, rerun, keys, MemoryView(res.k, res.v, shift, kept), pos)
 
   def recache_store(self, params, res: Reservoir, plan: RecachePlan, kv, chunk: Chunk, keep_sink: bool):
     """The kept sink stays; the first `sink` stored frames take the sink slots (so without a global sink the sink

@@ -57,6 +57,13 @@ class Sampler:
   def __post_init__(self):
     if not self.timesteps:
       raise ValueError("Sampler.timesteps is empty")
+    steps = list(self.timesteps)
+    if not all(np.isfinite(t) and 0 <= t <= self.schedule.num_train_timesteps for t in steps):
+      raise ValueError(f"steps {steps}: every step must be a number in [0, {self.schedule.num_train_timesteps}]")
+    if any(b >= a for a, b in zip(steps, steps[1:])):
+      raise ValueError(f"steps {steps} must decrease: the sampler starts at the noisiest step (e.g. 1000 750 500 250)")
+    if not (np.isfinite(self.context_noise) and 0 <= self.context_noise <= self.schedule.num_train_timesteps):
+      raise ValueError(f"context_noise={self.context_noise} must be in [0, {self.schedule.num_train_timesteps}]")
     if not 0.0 <= self.eta <= 1.0:
       raise ValueError(f"Sampler.eta={self.eta} must be in [0, 1]")
     if self.chunk_frames < 1:
@@ -68,6 +75,8 @@ class Sampler:
     """Self-Forcing's step list: with `warp`, raw step s becomes the scheduler timestep at index 1000 - s."""
     schedule = FlowSchedule(shift=shift)
     steps = [float(s) for s in steps]
+    if any(b >= a for a, b in zip(steps, steps[1:])):
+      raise ValueError(f"steps {steps} must decrease: the sampler starts at the noisiest step (e.g. 1000 750 500 250)")
     if warp:
       _, table = schedule.tables()
       n = schedule.num_train_timesteps
@@ -90,6 +99,16 @@ class Sampler:
     if self.eta == 1.0:
       return fresh
     return self.eta * fresh + (1 - self.eta**2) ** 0.5 * (x + (1 - sigma) * flow)
+
+
+class ResumePoint(NamedTuple):
+  """Where a killed `run` continues: the first chunk still to run, the memory state before it (host arrays, as
+  `on_checkpoint` got them), the output frames so far (only needed for re-caches at switches: [B, T, Hl, Wl, C]
+  with the frames before `chunk` filled, else None) and the switch events already taken."""
+  chunk: int
+  state: object
+  history: np.ndarray | None = None
+  switches: tuple = ()
 
 
 class ChunkOut(NamedTuple):
@@ -286,7 +305,7 @@ class Rollout:
     hl, wl = latent_hw
     if hl % cfg.patch_size[1] or wl % cfg.patch_size[2]:
       raise ValueError(f"latent size {latent_hw} is not divisible by the patch {cfg.patch_size[1:]}")
-    policy.validate(f)
+    policy.check(f)
     check_video_length(policy, frames + initial_frames, f)
     self.model_config = cfg
     self.policy = policy
@@ -386,6 +405,20 @@ class Rollout:
   def init_state(self):
     with self.on_mesh():
       return self._init()
+
+  def _place_state(self, host_state):
+    """A memory state from the host (a checkpoint), checked against this rollout's layout and placed like
+    `init_state`'s."""
+    like = jax.eval_shape(lambda: self.policy.init(self.geometry))
+    got, want = jax.tree.structure(host_state), jax.tree.structure(like)
+    leaves = jax.tree.leaves(host_state)
+    if got != want or any(tuple(np.shape(a)) != tuple(b.shape) or np.asarray(a).dtype != b.dtype
+                          for a, b in zip(leaves, jax.tree.leaves(like))):
+      raise ValueError("the saved memory state does not fit this rollout (another policy, size or dtype)")
+    if self.mesh is None:
+      return jax.tree.map(jnp.asarray, host_state)
+    shardings = placement.state_shardings(self.policy.init, self.geometry, self.mesh)
+    return jax.tree.map(lambda a, sh: jax.device_put(np.asarray(a), sh), host_state, shardings)
 
   def text_kv(self, context: Array) -> TextKV:
     """The prompt's cross-attention keys/values: context [B, P, text_dim] (host or device array)."""
@@ -504,7 +537,9 @@ class Rollout:
   def run(self, context: Array, *, key: Array | None = None, noise: Array | None = None,
           renoise: Array | None = None, params=None, initial: Array | None = None,
           schedule: PromptSchedule | None = None,
-          on_chunk: Callable[[int, ChunkOut], None] | None = None) -> tuple[np.ndarray | None, list]:
+          on_chunk: Callable[[int, ChunkOut], None] | None = None, resume: ResumePoint | None = None,
+          on_checkpoint: Callable[[int, object], None] | None = None,
+          checkpoint_every: int = 0) -> tuple[np.ndarray | None, list]:
     """The whole video, chunk by chunk. Noise comes from `key`, or from explicit arrays (to reproduce a reference):
     `noise` [B, frames, Hl, Wl, C] and `renoise` [chunks, S - 1, B, F, Hl, Wl, C]. `key` is one key for the
     batch or one per sample ([B]; see `sample_noise`).
@@ -517,6 +552,11 @@ class Rollout:
 
     With `on_chunk`, each finished chunk is handed over (one chunk behind the device, so it never waits) and
     nothing is kept; otherwise returns (latents [B, initial + frames, Hl, Wl, C], list of ChunkOut on the host).
+
+    With `on_checkpoint` and `checkpoint_every` K, after every K-th chunk (all earlier chunks handed over) it gets
+    (the next chunk, the memory state on the host): what a `ResumePoint` needs, with the same noise key, to continue
+    a killed run to the same latents. `resume` continues from one (with `on_chunk`: chunks before it are not
+    handed over again).
     """
     if (key is None) == (noise is None):
       raise ValueError("give either key or noise (and renoise)")
@@ -545,16 +585,24 @@ class Rollout:
     starts = [self.initial_frames + j * f for j in range(self.num_chunks)]
     plan = schedule.chunk_prompts(starts)
     text = texts[plan[0][0]]
-    state = self.init_state()
-    if initial is not None:
-      state, self.prefill_out = self.prefill(state, text, initial, params)
+    first = 0 if resume is None else resume.chunk
+    if resume is None:
+      state = self.init_state()
+      if initial is not None:
+        state, self.prefill_out = self.prefill(state, text, initial, params)
+    else:
+      state = self._place_state(resume.state)
     history = None  # every output frame so far, on the host, for the re-caches (only when there are switches)
     if self._recache_width is not None and schedule.num_prompts > 1:
       history = np.zeros((self.batch, self.initial_frames + self.frames, *self.latent_hw, self.model_config.in_dim),
                          np.float32)
-      if initial is not None:
+      if resume is not None:
+        if resume.history is None:
+          raise ValueError("resuming a run with re-caches needs the output frames so far (ResumePoint.history)")
+        history[:, :starts[first]] = resume.history[:, :starts[first]]
+      elif initial is not None:
         history[:, :self.initial_frames] = np.asarray(initial, np.float32)
-    self.switches = []
+    self.switches = [] if resume is None else list(resume.switches)
     kept: list[ChunkOut] = []
     pending: tuple[int, ChunkOut] | None = None
 
@@ -571,7 +619,7 @@ class Rollout:
       else:
         kept.append(out)
 
-    for j in range(self.num_chunks):
+    for j in range(first, self.num_chunks):
       if noise is not None:
         x, eps = jnp.asarray(noise[:, j * f:(j + 1) * f]), jnp.asarray(renoise[j])
       else:
@@ -596,7 +644,13 @@ class Rollout:
       if pending is not None:
         hand_over(*pending)
       pending = (j, out)
-    hand_over(*pending)
+      if on_checkpoint is not None and checkpoint_every > 0 and (j + 1) % checkpoint_every == 0 \
+          and j + 1 < self.num_chunks:
+        hand_over(*pending)  # every chunk before the checkpoint is out before it is taken
+        pending = None
+        on_checkpoint(j + 1, jax.tree.map(placement.to_host, state))
+    if pending is not None:
+      hand_over(*pending)
     self.final_state = state
     if on_chunk is not None:
       return None, []

@@ -53,6 +53,14 @@ class Sweep:
   source_dir: str = "."  # where relative prompt files are found (set to the sweep file's folder)
 
   def __post_init__(self):
+    for name in ("policies", "prompts", "seeds", "switches", "initial"):
+      if isinstance(getattr(self, name), (str, bytes, Policy)):
+        raise ValueError(f"Sweep.{name}={getattr(self, name)!r} is one value; give a tuple, e.g. "
+                         f"{name}=({getattr(self, name)!r},)")
+    if self.batch is not None and self.batch < 1:
+      raise ValueError(f"Sweep.batch={self.batch} must be >= 1")
+    if any(v < 1 for v in self.latent_hw or (1, 1)):
+      raise ValueError(f"Sweep.latent_hw={self.latent_hw} must be positive")
     object.__setattr__(self, "policies", tuple(self.policies))
     object.__setattr__(self, "prompts", tuple(self.prompts))
     object.__setattr__(self, "seeds", tuple(int(s) for s in self.seeds))

@@ -175,6 +175,8 @@ def load_text_embeddings(path: str, batch: int, text_len: int, text_dim: int) ->
   if arr.ndim != 3 or arr.shape[0] != batch or arr.shape[1] > text_len or arr.shape[2] != text_dim:
     raise ValueError(f"--text-embeddings {path}: shape {stored}; expected [P, {text_dim}] or "
                      f"[{batch}, P, {text_dim}] with P <= {text_len}")
+  if arr.shape[1] == 0:
+    raise ValueError(f"--text-embeddings {path}: holds no rows (shape {stored}); a prompt needs at least one")
   if not np.issubdtype(arr.dtype, np.floating) or not np.all(np.isfinite(arr)):
     raise ValueError(f"--text-embeddings {path}: expected finite floating-point values, got {arr.dtype}")
   return np.ascontiguousarray(arr, np.float32)

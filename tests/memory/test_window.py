@@ -74,3 +74,33 @@ def test_policy_from_dict_errors_name_the_key():
     policy_from_dict({"policy": "lru"})
   with pytest.raises(ValueError, match="window_frames=4"):
     WindowPolicy(window_frames=4, sink_frames=2).validate(F)
+
+
+def test_relative_schemes_re_cache_where_the_next_chunk_sees_the_frames():
+  """A switch under a relative scheme re-runs the window at the positions the switch chunk's view shows. Without a
+  sink every scheme is one shift of the absolute one, so the re-cached video is the same to rounding; with a sink
+  the relocated sink moves and the video changes, but the frames re-run are LongLive's."""
+  import jax
+  from flax import nnx
+  from rf_jax.config import get_preset
+  from rf_jax.model import CausalWanDiT
+  from rf_jax.sampling import PromptSchedule, Rollout, Sampler
+  model = CausalWanDiT(get_preset("tiny"), rngs=nnx.Rngs(2))
+  ctx = np.random.default_rng(3).normal(size=(2, 1, 4, model.config.text_dim)).astype(np.float32)
+  schedule = PromptSchedule((12,))
+
+  def run(positions, sink):
+    r = Rollout(model, WindowPolicy(window_frames=9, sink_frames=sink, positions=positions), Sampler.from_steps(),
+                batch=1, latent_hw=(4, 4), frames=21)
+    latents, _ = r.run(ctx, key=jax.random.key(0), schedule=schedule)
+    return latents, r.switches[0]["recached_frames"]
+
+  absolute, frames = run("absolute", 0)
+  assert frames == list(range(3, 12))
+  for positions in ("end_aligned", "relocated_sink"):
+    moved, moved_frames = run(positions, 0)
+    assert moved_frames == frames
+    np.testing.assert_allclose(moved, absolute, atol=2e-5)
+  sunk, sunk_frames = run("relocated_sink", 2)
+  assert sunk_frames == list(range(5, 12))  # the global sink (frames 0, 1) keeps its keys
+  assert np.abs(sunk[:, 12:] - run("absolute", 2)[0][:, 12:]).max() > 1e-4
