@@ -123,6 +123,13 @@ def out_lock(dest: str) -> Iterator[None]:
     os.close(fd)
 
 
+def single_writer(dest: str):
+  """The OUT lock for a folder written in place and resumed (a sweep, a training run): held by a run of one
+  process; a run of several processes relies on its launcher (each process would hold it against the others)."""
+  import jax
+  return out_lock(os.path.abspath(dest)) if jax.process_count() == 1 else contextlib.nullcontext()
+
+
 def _replace(tmp: str, dest: str, force: bool) -> None:
   """Puts the finished folder `tmp` at `dest`: over an existing `dest` only with `force`; without it, a `dest` that
   appeared meanwhile is left alone and this run's output is kept beside it under a name that is said."""

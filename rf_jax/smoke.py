@@ -26,6 +26,15 @@ def forward_smoke(source: pipeline.DiTSource, out: str, *, frames: int = 6, batc
   summary."""
   if os.path.exists(out) and not force:
     raise FileExistsError(f"{os.path.abspath(out)} already exists; pass --force to replace it")
+  for flag, value in (("--frames", frames), ("--batch", batch), ("--chunk-frames", chunk_frames)):
+    if value < 1:
+      raise ValueError(f"{flag} {value} must be >= 1")
+  if not 0 <= timestep <= 1000:
+    raise ValueError(f"--timestep {timestep} must be in [0, 1000]")
+  _, ph, pw = source.config().patch_size
+  if min(latent_hw) < 1 or latent_hw[0] % ph or latent_hw[1] % pw:
+    raise ValueError(f"--latent-hw {latent_hw[0]} {latent_hw[1]}: must be positive multiples of the model's patch "
+                     f"({ph}, {pw})")
   model = pipeline.load_dit(source, dtype=dtype, attn_impl=attention)
   cfg = model.config
   kx, kc = jax.random.split(jax.random.key(seed))

@@ -128,3 +128,14 @@ def test_an_internal_error_is_one_line_and_debug_shows_the_traceback(capsys, mon
                          "for the traceback)")
   with pytest.raises(RuntimeError):
     cli.main(["--debug", "inspect", "--preset", "tiny"])
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--batch", "0"], "--batch 0 must be >= 1"),
+    (["--frames", "-3"], "--frames -3 must be >= 1"),
+    (["--timestep", "nan"], "--timestep nan must be in [0, 1000]"),
+    (["--latent-hw", "5", "8"], "--latent-hw 5 8: must be positive multiples"),
+])
+def test_forward_refuses_before_any_model(tmp_path, capsys, no_model, argv, message):
+  code, err = run(capsys, "forward", "--preset", "tiny", "--out", str(tmp_path / "f"), *argv)
+  assert code == 2 and message in err and os.listdir(tmp_path) == [], err

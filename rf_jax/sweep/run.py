@@ -34,7 +34,7 @@ import numpy as np
 
 from rf_jax import pipeline
 from rf_jax.config import PRESETS
-from rf_jax.io import append_jsonl, load_latents, write_json_atomic
+from rf_jax.io import append_jsonl, load_latents, single_writer, write_json_atomic
 from rf_jax.memory import Policy
 from rf_jax.metrics import video_metrics
 from rf_jax.parallel import placement
@@ -158,7 +158,13 @@ def _check_manifest(out: str, manifest: dict) -> None:
 
 
 def run_sweep(sweep: Sweep, out: str, *, mesh=None, progress: bool = True) -> dict[str, Any]:
-  """Runs (or resumes) the sweep into `out`; returns {"units", "ran", "skipped", "compiles", "seconds"}."""
+  """Runs (or resumes) the sweep into `out`; returns {"units", "ran", "skipped", "compiles", "seconds"}. A second
+  run on the same `out` while this one runs stops at once."""
+  with single_writer(out):
+    return _run_sweep(sweep, out, mesh=mesh, progress=progress)
+
+
+def _run_sweep(sweep: Sweep, out: str, *, mesh=None, progress: bool = True) -> dict[str, Any]:
   t0 = time.perf_counter()
   parts = placement.batch_parts(mesh)
   batch = sweep.batch or parts

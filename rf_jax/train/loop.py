@@ -23,7 +23,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from rf_jax.io import write_json_atomic
+from rf_jax.io import single_writer, write_json_atomic
 from rf_jax.data.shapes import shapes_batch
 from rf_jax.parallel import placement
 from rf_jax.parallel.distributed import is_leader
@@ -95,7 +95,13 @@ def loss_plot(metrics_path: str, out_png: str) -> None:
 
 
 def train(cfg: TrainConfig, out: str, *, mesh=None, progress: bool = True) -> dict[str, Any]:
-  """Runs (or resumes) training into `out`; returns a summary."""
+  """Runs (or resumes) training into `out`; returns a summary. A second run on the same `out` while this one runs
+  stops at once."""
+  with single_writer(out):
+    return _train(cfg, out, mesh=mesh, progress=progress)
+
+
+def _train(cfg: TrainConfig, out: str, *, mesh=None, progress: bool = True) -> dict[str, Any]:
   import orbax.checkpoint as ocp
   os.makedirs(out, exist_ok=True)
   _check_config(out, cfg)

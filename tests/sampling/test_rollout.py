@@ -10,9 +10,10 @@ import pytest
 from flax import nnx
 
 from rf_jax.config import get_preset
-from rf_jax.memory import RelaxPolicy, SlowFastPolicy, SlowFastUpstreamPolicy, WindowPolicy
+from rf_jax.memory import (DeepForcingPolicy, InfinityRoPEPolicy, RelaxPolicy, SlowFastPolicy, SlowFastUpstreamPolicy,
+                           WindowPolicy)
 from rf_jax.model import CausalWanDiT
-from rf_jax.sampling import Rollout, Sampler
+from rf_jax.sampling import ResumePoint, Rollout, Sampler
 
 SMALL = dataclasses.replace(get_preset("tiny"), dim=32, ffn_dim=64, num_heads=2, freq_dim=16, text_dim=8, text_len=4)
 HW = (4, 4)
@@ -216,3 +217,22 @@ def test_prompt_padding_rows_are_merged_and_cut(model):
               text_rows=1)
   with pytest.raises(ValueError, match="non-zero rows past text_rows=1"):
     r.text_kv(ctx)
+
+
+@pytest.mark.parametrize("policy", [
+    RelaxPolicy(reservoir_frames=12), SlowFastUpstreamPolicy(sink_frames=1, slow_frames=2, fast_frames=6,
+                                                             rope_length=9, threshold=0.9),
+    InfinityRoPEPolicy(window_frames=8), DeepForcingPolicy(window_frames=9, sink_frames=2, capacity_frames=7,
+                                                           recent_frames=3, topc_max_reuse=2)],
+    ids=lambda p: p.name)
+def test_a_run_resumed_from_a_checkpoint_gives_the_same_latents(model, policy):
+  """The state `on_checkpoint` hands over (on the host) continues the run bit for bit, for every kind of state."""
+  r = Rollout(model, policy, Sampler.from_steps(), batch=1, latent_hw=HW, frames=15)
+  key = jax.random.key(7)
+  saved = {}
+  whole, _ = r.run(context(), key=key, on_checkpoint=lambda j, st: saved.setdefault(j, st), checkpoint_every=3)
+  assert sorted(saved) == [3]
+  pieces = []
+  r.run(context(), key=key, resume=ResumePoint(3, saved[3]), on_chunk=lambda j, out: pieces.append((j, out.latents)))
+  assert [j for j, _ in pieces] == [3, 4]
+  np.testing.assert_array_equal(np.concatenate([p for _, p in pieces], axis=1), whole[:, 9:])
