@@ -1,6 +1,8 @@
 """Infinity-RoPE's scene events and Deep Forcing's per-sample decisions on a small random model (the exact rules are
 held to the fixtures and the independent NumPy rollouts in tests/reference/test_policies.py)."""
 
+import dataclasses
+
 import jax
 import numpy as np
 import pytest
@@ -14,15 +16,16 @@ from rf_jax.sampling import PromptSchedule, Recache, Rollout, Sampler
 HW = (4, 4)
 
 
+SMALL = dataclasses.replace(get_preset("tiny"), dim=32, ffn_dim=64, num_heads=2, freq_dim=16, text_dim=8, text_len=4)
+
+
 @pytest.fixture(scope="module")
 def model():
-  cfg = get_preset("tiny")
-  return CausalWanDiT(cfg, rngs=nnx.Rngs(3))
+  return CausalWanDiT(SMALL, rngs=nnx.Rngs(3))
 
 
 def contexts(k, batch=1):
-  cfg = get_preset("tiny")
-  return np.random.default_rng(7).normal(size=(k, batch, 4, cfg.text_dim)).astype(np.float32)
+  return np.random.default_rng(7).normal(size=(k, batch, 4, SMALL.text_dim)).astype(np.float32)
 
 
 def test_flush_and_cut_positions_are_data_one_compilation(model):
