@@ -294,6 +294,9 @@ def generate_request(req: GenerateRequest, out: str, *, force: bool = False, pro
   if schedule and (recache is Recache.FLUSH or schedule.has_cuts) and not policy.scene_events:
     raise ValueError(f"{'--recache flush' if recache is Recache.FLUSH else '--cut'}: KV Flush and RoPE Cut are "
                      f"Infinity-RoPE's scene events; --memory {policy.name} has none")
+  if req.cut_frames and sampler.chunk_frames < 3:
+    raise ValueError(f"--cut: a RoPE cut moves a block's last 3 frames; --chunk-frames {sampler.chunk_frames} is "
+                     "too few")
   inside = [f for f in req.cut_frames if f < getattr(policy, "sink_frames", 0)]
   if inside:
     raise ValueError(f"--cut {inside[0]}:...: the cut is inside the sink (frames 0..{policy.sink_frames - 1})")

@@ -581,6 +581,8 @@ class Rollout:
       raise ValueError(self._recache_error)
     if schedule.has_cuts and not self.policy.scene_events:
       raise ValueError(f"a RoPE cut is an Infinity-RoPE scene event; memory policy {self.policy.name!r} has none")
+    if schedule.has_cuts and f < 3:
+      raise ValueError(f"a RoPE cut moves a block's last 3 frames: it needs chunks of at least 3 frames, not {f}")
     texts = [self.text_kv(c) for c in (context if context.ndim == 4 else context[None])]
     starts = [self.initial_frames + j * f for j in range(self.num_chunks)]
     plan = schedule.chunk_prompts(starts)
