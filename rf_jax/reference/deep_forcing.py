@@ -12,13 +12,12 @@ from __future__ import annotations
 
 from typing import Iterator
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 
 from rf_jax.memory import DeepForcingPolicy
-from rf_jax.reference.compare import Checks, Comparison, channels_last
+from rf_jax.reference.compare import Checks, Comparison
 from rf_jax.reference.folder import ReferenceFolder
+from rf_jax.reference.replay import folder_noise, replay_chunks
 from rf_jax.sampling import Rollout
 
 USED = {"noise", "renoise", "context", "denoising_step_list_raw", "sched_sigmas", "sched_timesteps",
@@ -45,18 +44,11 @@ def check_deep_forcing(ref: ReferenceFolder, z: dict, model, policy: DeepForcing
   score_tol = max(abs_tol, 1e-5)
   f = sampler.chunk_frames
   steps = len(sampler.timesteps)
-  noise = channels_last(z["noise"])
-  b, frames, hl, wl, c = noise.shape
+  noise = folder_noise(z, f, steps)
+  b, frames, hl, wl, _ = noise.noise.shape
   chunks = frames // f
-  renoise = channels_last(z["renoise"]).reshape(chunks, steps - 1, b, f, hl, wl, c)
   rollout = Rollout(model, policy, sampler, batch=b, latent_hw=(hl, wl), frames=frames, record_calls=True)
-  text = rollout.text_kv(jnp.asarray(z["context"]))
-  state = rollout.init_state()
-  outs, states = [], []
-  for j in range(chunks):
-    state, out = rollout.step(state, text, j, jnp.asarray(noise[:, j * f:(j + 1) * f]), jnp.asarray(renoise[j]))
-    outs.append(jax.tree.map(np.asarray, out))
-    states.append(jax.tree.map(np.array, state))
+  outs, states = replay_chunks(rollout, z, noise)
   q = rollout.geometry.frame_tokens
   per_chunk = steps + 1
   out = []

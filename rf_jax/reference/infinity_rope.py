@@ -17,14 +17,14 @@ from __future__ import annotations
 
 from typing import Iterator
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 
 from rf_jax.memory import InfinityRoPEPolicy, Recache, policy_from_dict
 from rf_jax.model.rope import apply_rope, rope_cos_sin
-from rf_jax.reference.compare import Checks, Comparison, channels_last
+from rf_jax.reference.compare import Checks, Comparison
 from rf_jax.reference.folder import ReferenceFolder
+from rf_jax.reference.replay import folder_noise, replay_chunks
 from rf_jax.sampling import PromptSchedule, Rollout
 
 # Inputs, and arrays implied by compared ones (noisy inputs and flows by the x0 and the sampler).
@@ -46,10 +46,9 @@ def check_infinity_rope(ref: ReferenceFolder, z: dict, model, sampler, abs_tol: 
   checks = Checks(z, abs_tol)
   f = sampler.chunk_frames
   steps = len(sampler.timesteps)
-  noise = channels_last(z["noise"])  # [B, frames, H, W, C]
-  b, frames, hl, wl, c = noise.shape
+  noise = folder_noise(z, f, steps)
+  b, frames, hl, wl, _ = noise.noise.shape
   chunks = frames // f
-  renoise = channels_last(z["renoise"]).reshape(chunks, steps - 1, b, f, hl, wl, c)
   contexts = np.asarray(z["context"])
   contexts = contexts if contexts.ndim == 4 else contexts[None]  # [scenes, B, P, D]
   flushes = {int(e["chunk"]) for e in events if e.get("flush", True)}
@@ -64,24 +63,23 @@ def check_infinity_rope(ref: ReferenceFolder, z: dict, model, sampler, abs_tol: 
                     recache=recache)
   texts = [rollout.text_kv(jnp.asarray(ctx)) for ctx in contexts]
   plan = schedule.chunk_prompts([j * f for j in range(chunks)])
-  state = rollout.init_state()
-  outs, states, chunk_flush, chunk_cut = [], [], [], []
-  for j in range(chunks):
+  chunk_flush, chunk_cut = [], []
+
+  def before(j, state):  # the scene events, then the scene's prompt
     scene, switch = plan[j]
     cut = switch and schedule.cuts[scene - 1]
     if switch:
       state = rollout.scene_event(state, flush=recache is Recache.FLUSH, cut=cut)
     chunk_flush.append(switch and recache is Recache.FLUSH)
     chunk_cut.append(cut)
-    state, out = rollout.step(state, texts[scene], j, jnp.asarray(noise[:, j * f:(j + 1) * f]),
-                              jnp.asarray(renoise[j]))
-    outs.append(jax.tree.map(np.asarray, out))
-    states.append(jax.tree.map(np.array, state))  # a copy: the state is donated to the next step
+    return state, texts[scene]
+
+  outs, states = replay_chunks(rollout, z, noise, before)
 
   yield from _present(checks.max_abs("denoising_step_list", np.asarray(sampler.timesteps, np.float32)))
   latents = np.concatenate([o.latents for o in outs], axis=1)
   yield from _present(checks.latent("final_latents", latents))
-  run_latents, _ = rollout.run(contexts if len(contexts) > 1 else contexts[0], noise=noise, renoise=renoise,
+  run_latents, _ = rollout.run(contexts if len(contexts) > 1 else contexts[0], noise=noise.noise, renoise=noise.renoise,
                                schedule=schedule)
   yield Comparison("rollout/final_latents (Rollout.run)", float(np.max(np.abs(run_latents - latents))), abs_tol,
                    "max_abs")

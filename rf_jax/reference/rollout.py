@@ -14,7 +14,6 @@ from __future__ import annotations
 import dataclasses
 from typing import Iterator
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -25,6 +24,7 @@ from rf_jax.reference.compare import Comparison, channels_last, max_abs_error, m
 from rf_jax.reference.folder import ReferenceFolder
 from rf_jax.reference.deep_forcing import USED as DEEP_USED, check_deep_forcing
 from rf_jax.reference.infinity_rope import USED as INFINITY_USED, check_infinity_rope
+from rf_jax.reference.replay import folder_noise, replay_chunks
 from rf_jax.sampling import Rollout, Sampler
 
 
@@ -111,19 +111,10 @@ def _check_rollout(ref: ReferenceFolder, z: dict, model, policy: Policy, abs_tol
   if "denoising_step_list" in z:
     yield Comparison("rollout/denoising_step_list", max_abs_error(np.asarray(sampler.timesteps),
                                                                    z["denoising_step_list"]), abs_tol, "max_abs")
-  noise = channels_last(z["noise"])  # [B, frames, H, W, C]
-  b, frames, hl, wl, c = noise.shape
-  chunks = frames // f
-  # renoise: draw 3j+i is [B*F, C, H, W]
-  renoise = channels_last(z["renoise"]).reshape(chunks, steps - 1, b, f, hl, wl, c)
+  noise = folder_noise(z, f, steps)
+  b, frames, hl, wl, _ = noise.noise.shape
   rollout = Rollout(model, policy, sampler, batch=b, latent_hw=(hl, wl), frames=frames, record_calls=True)
-  text = rollout.text_kv(jnp.asarray(z["context"]))
-  state = rollout.init_state()
-  outs, states = [], []
-  for j in range(chunks):
-    state, out = rollout.step(state, text, j, jnp.asarray(noise[:, j * f:(j + 1) * f]), jnp.asarray(renoise[j]))
-    outs.append(jax.tree.map(np.asarray, out))
-    states.append(jax.tree.map(np.array, state))  # a copy: the state is donated to the next step
+  outs, states = replay_chunks(rollout, z, noise)
 
   latents = np.concatenate([o.latents for o in outs], axis=1)
   yield Comparison("rollout/final_latents", max_abs_error(latents, channels_last(z["final_latents"])), abs_tol, "max_abs")
