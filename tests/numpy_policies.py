@@ -12,7 +12,8 @@ import os
 
 import numpy as np
 
-from numpy_reference import forward_train, random_state_dict, rope_freqs, rope_frames, scheduler_sigma, warped_steps
+from numpy_reference import (forward_train, next_input, random_state_dict, rope_freqs, rope_frames, scheduler_sigma,
+                             warped_steps)
 
 
 def _sigma(t):
@@ -91,12 +92,9 @@ def rollout_infinity(sd, args, noise, contexts, renoise, steps, *, chunk, window
       out["call_kv_frames"].append(np.pad(slot_frame[:m], (0, window - m), constant_values=-1))
       out["call_evict_branch"].append(evict)
       glob, local = start + chunk, new_local
-      if i < len(steps) - 1:
-        eps = renoise[j * (len(steps) - 1) + i].reshape(b, chunk, c, h, w)
-        x = (1 - _sigma(steps[i + 1])) * x0 + _sigma(steps[i + 1]) * eps
-      elif i == len(steps) - 1:
+      if i == len(steps) - 1:
         final[:, start:start + chunk] = x0
-        x = x0
+      x = next_input(x0, i, j, steps, renoise)
     out["kv_after_chunk_k"].append(np.stack([kb[0] for kb in kbuf]))
     out["kv_after_chunk_v"].append(np.stack([vb[0] for vb in vbuf]))
     out["kv_after_chunk_slot_frame"].append(slot_frame.copy())
@@ -212,12 +210,9 @@ def rollout_deep(sd, args, noise, context, renoise, steps, *, chunk, window, sin
       out["call_compressed"].append(call["compressed"][0])
       out["call_sink_delta"].append(call["delta"][0])
       out["call_kv_global_token"].append(np.stack(call["tokens"]))
-      if i < len(steps) - 1:
-        eps = renoise[j * (len(steps) - 1) + i].reshape(b, chunk, c, h, w)
-        x = (1 - _sigma(steps[i + 1])) * x0 + _sigma(steps[i + 1]) * eps
-      elif i == len(steps) - 1:
+      if i == len(steps) - 1:
         final[:, start:start + chunk] = x0
-        x = x0
+      x = next_input(x0, i, j, steps, renoise)
     compressed = bool(sel_rows)
     out["chunk_compressed"].append(compressed)
     out["pc_selected_idx"].append(np.stack(sel_rows) if compressed else np.full((layers, top_width), -1))

@@ -262,6 +262,15 @@ def write_reference_folder(path, args, *, latent_hw, frames=6, batch=2, chunk=3,
   return path
 
 
+def next_input(x0, i, j, steps, renoise):
+  """The input of a chunk's next call from call i's x0 (chunk j): re-noised towards step i+1 with draw
+  j*(S-1)+i ([B*F, C, H, W]), or the x0 itself once the steps are done (the refill's input)."""
+  if i >= len(steps) - 1:
+    return x0
+  sigma = scheduler_sigma(np.full((1,), steps[i + 1]))[0]
+  return (1 - sigma) * x0 + sigma * renoise[j * (len(steps) - 1) + i].reshape(x0.shape)
+
+
 def warped_steps(raw_steps, shift=5.0, n=1000):
   """Self-Forcing's warped step list, [timesteps, 0][n - raw], computed in float64 then stored as float32."""
   raw = np.linspace(1.0, 0.0, n + 1)[:-1]
@@ -417,12 +426,9 @@ def rollout_conditioned(sd, args, noise, prompts, renoise, steps, *, chunk, wind
     for i, t in enumerate(list(steps) + [0.0]):
       x0, _, per = run(x, t, prompts[k], cache, start)
       out["call_x0_pred"].append(x0)
-      if i < len(steps) - 1:
-        eps = renoise[j * (len(steps) - 1) + i].reshape(b, chunk, c, h, w)
-        x = (1 - sigma(steps[i + 1])) * x0 + sigma(steps[i + 1]) * eps
-      elif i == len(steps) - 1:
+      if i == len(steps) - 1:
         output[:, start:start + chunk] = x0
-        x = x0
+      x = next_input(x0, i, j, steps, renoise)
     cache += [{"frame": start + i, "kv": per[i], "prompt": k, "sink": start + i < sink} for i in range(chunk)]
     out["kv_after_chunk"].append(list(cache))
   return output, out, chunk_prompt, switch_chunks
