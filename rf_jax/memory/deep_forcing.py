@@ -39,7 +39,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rf_jax.memory.base import CallView, Chunk, Policy
+from rf_jax.memory.base import CallView, Chunk, Policy, Recache, RecachePlan
 from rf_jax.memory.reservoir import Geometry
 from rf_jax.model.attention import ChunkQKV
 from rf_jax.model.dit import LayerHook, MemoryView
@@ -340,6 +340,48 @@ class DeepForcingPolicy(Policy):
     trace = {"token": token, "frame": frames, "count": count, "local_end": st.local_end, "sink_shift": st.sink_shift,
              "position": jnp.where(sink, frames + st.sink_shift[..., None], frames)}
     return st, trace
+
+  # ------------------------------------------------------------------------------------------- prompt switches
+
+  default_recache = Recache.WINDOW
+
+  def recache_width(self, geom: Geometry, recache: Recache) -> int:
+    """A switch re-runs the last W - F frames (the most the cache holds whole, LongLive's window); the compressed
+    tokens of older frames, from anywhere in the video, keep their keys."""
+    if recache is not Recache.WINDOW:
+      raise ValueError(f"deep_forcing: recache={recache.value!r}; deep_forcing re-caches its window (its compressed "
+                       "tokens come from anywhere in the video, so all_memory has no bound), or none")
+    return self.window_frames - geom.chunk_frames
+
+  def recache_plan(self, params, st: DeepState, chunk: Chunk, frames: Array, keep_sink: bool):
+    """The window's frames re-run at their own frames (Deep Forcing's keys sit at their absolute positions), seeing
+    each other only; the sink is frames 0..S-1 for good, so its frames re-run like any other when the window covers
+    them (LongLive's global sink changes nothing here)."""
+    rerun = frames >= 0
+    return st, RecachePlan(frames, rerun, rerun, None)
+
+  def recache_store(self, params, st: DeepState, plan: RecachePlan, kv, chunk: Chunk, keep_sink: bool):
+    """Every slot, in every layer and sample, holding a token of a re-run frame takes that token's new key (rotated
+    at its frame, a sink token turned further by the layer's sink shift, as the cache keeps it) and value; counts,
+    the recent queries and the sink bookkeeping stay."""
+    q_tok = chunk.grid[0] * chunk.grid[1]
+    l, b, w = kv.k.shape[:3]
+    n, h = kv.k.shape[-2:]
+    cos, sin = rope_cos_sin(jnp.maximum(plan.frames, 0), chunk.grid, h)  # [W, Q, H/2]
+    k_new = jnp.moveaxis(apply_rope(kv.k, cos, sin).reshape(l, b, w * q_tok, n, h), 2, 3)  # [L, B, N, WQ, H]
+    v_new = jnp.moveaxis(kv.v.reshape(l, b, w * q_tok, n, h), 2, 3)
+    frame = jnp.where(st.token >= 0, st.token // q_tok, -1)  # [L, B, T]
+    idx = frame - (chunk.start - w)  # the call's frames are c - W .. c - 1 (`recache_frames`)
+    hit = (frame >= 0) & (idx >= 0) & (idx < w)
+    hit &= jnp.take(plan.keys, jnp.clip(idx, 0, w - 1)) & (jnp.take(plan.frames, jnp.clip(idx, 0, w - 1)) == frame)
+    pick = jnp.clip(idx, 0, w - 1) * q_tok + jnp.where(st.token >= 0, st.token % q_tok, 0)  # [L, B, T]
+    k = jnp.take_along_axis(k_new, pick[:, :, None, :, None], axis=3)  # [L, B, N, T, H]
+    v = jnp.take_along_axis(v_new, pick[:, :, None, :, None], axis=3)
+    sink = hit & (frame < self.sink_frames)
+    tc, ts = shift_cos_sin(jnp.clip(st.sink_shift, -MAX_SINK_TURN, MAX_SINK_TURN), h)  # [L, B, H/2]
+    k = jnp.where(sink[:, :, None, :, None], rotate(k, tc[:, :, None, None], ts[:, :, None, None]), k)
+    put = hit[:, :, None, :, None]
+    return st._replace(k=jnp.where(put, k.astype(st.k.dtype), st.k), v=jnp.where(put, v.astype(st.v.dtype), st.v))
 
   def describe(self, chunk, trace, calls):
     """Per layer (sample 0): the frames whose tokens it holds (frame: tokens held), the top-C tokens chosen in this

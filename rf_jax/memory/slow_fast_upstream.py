@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rf_jax.memory.base import CallView, Chunk
+from rf_jax.memory.base import CallView, Chunk, Recache, RecachePlan
 from rf_jax.memory.reservoir import Geometry, stored_kv
 from rf_jax.memory.slow_fast import SlowFastSettings, cosine, representation
 from rf_jax.model.attention import FrameKV
@@ -174,6 +174,62 @@ class SlowFastUpstreamPolicy(SlowFastSettings):
     st = self._upstream_end(st, local_end, kv, chunk)
     return st, {"table": st.table, "slow_count": st.count, "local_end": local_end, "memory_positions": pos,
                 "chunk_positions": chunk_pos}
+
+  # ============================================================================================ prompt switches
+
+  default_recache = Recache.ALL_MEMORY
+
+  def recache_width(self, geom: Geometry, recache: Recache) -> int:
+    """A switch re-keys every entry any layer holds: the shared sink and fast slots, and each layer's own slow
+    slots, so at most R + (L - 1) K distinct frames."""
+    if recache is not Recache.ALL_MEMORY:
+      raise ValueError(f"slow_fast: recache={recache.value!r}; slow_fast re-caches all_memory (its slow memory "
+                       "holds frames from anywhere in the video), or none")
+    return self.cache_frames + (geom.num_layers - 1) * self.slow_frames
+
+  def recache_frames(self, st: UpstreamState, chunk_start: int, width: int) -> np.ndarray:
+    """The frames held by any layer's slot, in frame order, then -1: int [width] (the batch shares the table)."""
+    table = np.asarray(st.table)
+    held = np.unique(table[table >= 0])
+    out = np.full((width,), -1, np.int64)
+    out[:len(held)] = held
+    return out
+
+  def recache_plan(self, params, st: UpstreamState, chunk: Chunk, frames: Array, keep_sink: bool):
+    """The sink frames re-run at their slots' positions 0..S-1 and the others, in frame order, contiguous up to
+    the position just before the switch chunk's (as the chunk's view lays out the slots after the sink; at least
+    S). With the global sink kept (once the fast window has moved past it), the sink keeps its keys and the re-run
+    call attends to them."""
+    s = self.sink_frames
+    keep = keep_sink & (chunk.start - (self.fast_frames - chunk.frames) > s)
+    _, local_end = self._upstream_begin(st, chunk)
+    _, _, chunk_pos = self._upstream_positions(local_end, chunk)
+    rerun = frames >= 0
+    sink = rerun & (frames < s)
+    rest = rerun & ~sink
+    rank = jnp.cumsum(rest) - 1  # [W]: order among the re-run frames after the sink
+    pos = jnp.where(sink, frames, jnp.maximum(s, chunk_pos[0] - jnp.sum(rest) + rank))
+    keys = rerun & ~(keep & sink)
+    r = st.k.shape[3]
+    b = st.k.shape[1]
+    kept = (jnp.arange(r) < s) & (st.table[0] >= 0) & keep  # [R]: the sink slots, as every layer holds them
+    view = MemoryView(st.k, st.v, jnp.broadcast_to(jnp.arange(r, dtype=jnp.int32), (b, r)),  # slot i at position i
+                      jnp.broadcast_to(kept, (b, r)))
+    return st, RecachePlan(frames, rerun, keys, view, jnp.where(rerun, pos, 0))
+
+  def recache_store(self, params, st: UpstreamState, plan: RecachePlan, kv, chunk: Chunk, keep_sink: bool):
+    """Each layer's slot takes the re-run keys (at frame 0, as the cache keeps them) and values of the frame it
+    holds, where that frame served as a key; its promotion bookkeeping (count, previous representation) stays."""
+    w = plan.frames.shape[-1]
+    stored = stored_kv(kv, jnp.zeros((w,), jnp.int32), chunk.grid)  # [L, B, N, W, Q, H] at frame 0
+    match = (st.table[:, :, None] == plan.frames[None, None, :]) & plan.keys[None, None, :]  # [L, R, W]
+    match &= (st.table >= 0)[:, :, None]
+    hit = match.any(-1)  # [L, R]
+    idx = jnp.argmax(match, axis=-1)  # [L, R]
+    take = lambda a: jnp.take_along_axis(a, idx[:, None, None, :, None, None], axis=3)  # noqa: E731  [L, B, N, R, Q, H]
+    put = hit[:, None, None, :, None, None]
+    return st._replace(k=jnp.where(put, take(stored.k).astype(st.k.dtype), st.k),
+                       v=jnp.where(put, take(stored.v).astype(st.v.dtype), st.v))
 
   def describe(self, chunk, trace, calls):
     t = {k: np.asarray(v) for k, v in trace.items()}

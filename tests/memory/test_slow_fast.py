@@ -64,3 +64,65 @@ def test_invalid_settings():
     SlowFastPolicy(rope_length=10).validate(F)
   with pytest.raises(ValueError, match="mode"):  # the two modes are two policies; a memory block names one
     policy_from_dict({"policy": "slow_fast", "mode": "fast"})
+
+
+def test_upstream_mode_re_keys_the_entries_each_layer_holds_at_a_switch():
+  """slow_fast upstream, recache all_memory: the frames re-run are every frame any layer holds (here layer 1 is made
+  to hold another slow frame than layer 0); afterwards each layer's slots hold the keys and values of their own
+  frame from one forward of those frames with the new prompt (the DiT called directly, at the positions the policy
+  documents: the sink at its frames, the rest in frame order up to just before the switch chunk's first position),
+  turned to frame 0 as the cache keeps them; slots of frames that were not re-run and the bookkeeping are unchanged."""
+  from flax import nnx
+  from rf_jax.config import get_preset
+  from rf_jax.memory import SlowFastUpstreamPolicy
+  from rf_jax.memory.reservoir import stored_kv
+  from rf_jax.model import CausalWanDiT
+  from rf_jax.sampling import Rollout, Sampler
+  import dataclasses
+  cfg = dataclasses.replace(get_preset("tiny"), dim=32, ffn_dim=64, num_heads=2, freq_dim=16, text_dim=8, text_len=4)
+  model = CausalWanDiT(cfg, rngs=nnx.Rngs(0))
+  policy = SlowFastUpstreamPolicy(sink_frames=1, slow_frames=2, fast_frames=6, rope_length=12, threshold=2.0)
+  sampler = Sampler.from_steps()
+  r = Rollout(model, policy, sampler, batch=1, latent_hw=(4, 4), frames=18, recache="all_memory", global_sink=False)
+  rng = np.random.default_rng(0)
+  old, new = (r.text_kv(jnp.asarray(rng.normal(size=(1, 4, 8)), jnp.float32)) for _ in range(2))
+  state, history = r.init_state(), np.zeros((1, 18, 4, 4, 16), np.float32)
+  for j in range(4):
+    state, out = r.step(state, old, j, *r.noise(jax.random.key(1), j))
+    history[:, 3 * j:3 * j + 3] = np.asarray(out.latents)
+  table = np.asarray(state.table).copy()
+  assert (table[0] == table[1]).all()
+  held = set(table[table >= 0].tolist())
+  other = min(set(range(12)) - held)
+  table[1, 1] = other  # layer 1's first slow slot now "holds" a frame no other slot holds
+  state = state._replace(table=jnp.asarray(table))
+  frames = r.recache_frames(state, 12)
+  assert sorted(f for f in frames.tolist() if f >= 0) == sorted(held | {other})
+  before = jax.tree.map(np.asarray, state)
+  recent = r.gather_frames(history, frames)
+  state, _, info = r.recache_call(state, new, recent, 12, frames=frames)
+  after = jax.tree.map(np.asarray, state)
+  _, trace = r.step(jax.tree.map(jnp.asarray, after), new, 4, *r.noise(jax.random.key(1), 4))
+  first = int(np.asarray(trace.trace["chunk_positions"]).reshape(-1)[0])
+  # the positions the policy documents, computed here
+  live = [f for f in frames.tolist() if f >= 0]
+  rest = [f for f in live if f >= 1]
+  pos = {f: (f if f < 1 else max(1, first - len(rest) + rest.index(f))) for f in live}
+  w = len(frames)
+  frame_pos = jnp.asarray([pos.get(f, 0) for f in frames.tolist()], jnp.int32)
+  keys = np.repeat(frames >= 0, 4)  # 4 tokens per frame
+  mask = jnp.asarray(np.broadcast_to(keys[None, :], (w * 4, w * 4)))
+  ctx_t = jnp.full((1, w), sampler.context_noise, jnp.float32)
+  _, kv = model(jnp.asarray(recent), ctx_t, new, frame_pos=frame_pos, self_mask=mask, memory=None)
+  want = stored_kv(kv, jnp.zeros((w,), jnp.int32), (2, 2))  # [L, B, N, W, Q, H]
+  for layer in range(2):
+    for slot, f in enumerate(table[layer].tolist()):
+      if f < 0:
+        continue
+      i = frames.tolist().index(f)
+      np.testing.assert_allclose(after.k[layer, :, :, slot], np.asarray(want.k)[layer, :, :, i], atol=2e-5)
+      np.testing.assert_allclose(after.v[layer, :, :, slot], np.asarray(want.v)[layer, :, :, i], atol=2e-5)
+  for name in ("table", "count", "rep", "has_rep", "local_end"):
+    np.testing.assert_array_equal(getattr(after, name), getattr(before, name))
+  assert sorted(int(x) for x, k in zip(np.asarray(info["frames"]).reshape(-1), np.asarray(info["keys"]).reshape(-1))
+                if k) == sorted(held | {other})
