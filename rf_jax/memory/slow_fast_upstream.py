@@ -181,11 +181,12 @@ class SlowFastUpstreamPolicy(SlowFastSettings):
 
   def recache_width(self, geom: Geometry, recache: Recache) -> int:
     """A switch re-keys every entry any layer holds: the shared sink and fast slots, and each layer's own slow
-    slots, so at most R + (L - 1) K distinct frames."""
+    slots, so at most R + (L - 1) K distinct frames (and no more than the video has). That is the compiled width of
+    the re-run call: 369 frames for the defaults and 30 layers."""
     if recache is not Recache.ALL_MEMORY:
       raise ValueError(f"slow_fast: recache={recache.value!r}; slow_fast re-caches all_memory (its slow memory "
                        "holds frames from anywhere in the video), or none")
-    return self.cache_frames + (geom.num_layers - 1) * self.slow_frames
+    return min(self.cache_frames + (geom.num_layers - 1) * self.slow_frames, geom.total_frames)
 
   def recache_frames(self, st: UpstreamState, chunk_start: int, width: int) -> np.ndarray:
     """The frames held by any layer's slot, in frame order, then -1: int [width] (the batch shares the table)."""
