@@ -11,6 +11,7 @@ import sys
 from typing import Sequence
 
 from rf_jax.config import PRESETS, ComputeDtype
+from rf_jax.demo import Demo
 from rf_jax.memory import POLICIES, SETTINGS, public_name
 from rf_jax.ops import AttnImpl
 from rf_jax.sampling import Recache
@@ -73,7 +74,8 @@ def cmd_generate(args) -> int:
   prompts, switches, cuts = prompt_schedule(read_prompts(args.prompt or (), args.prompts), args.switch,
                                             args.prompt_schedule, args.cut)
   req = GenerateRequest(
-      source=DiTSource.of(args.checkpoint, args.preset, seed=args.seed), memory=args.memory,
+      source=DiTSource.of(args.checkpoint, args.preset, seed=args.seed, demo=args.demo and Demo(args.demo)),
+      memory=args.memory,
       memory_settings=settings, frames=args.frames, seed=args.seed, batch=args.batch,
       latent_hw=tuple(args.latent_hw) if args.latent_hw else None, chunk_frames=args.chunk_frames,
       steps=tuple(args.steps) if args.steps else None, warp=not args.no_warp, eta=args.eta, shift=args.shift,
@@ -173,6 +175,9 @@ def build_parser() -> argparse.ArgumentParser:
   src.add_argument("--checkpoint", help="rf_jax DiT checkpoint, or a pipeline folder (a converted Wan folder)")
   src.add_argument("--preset", help="random weights of a preset (tiny: with a random text encoder, VAE and byte "
                    "tokenizer); with neither --checkpoint nor --preset: the built-in demo model")
+  src.add_argument("--demo", choices=[d.value for d in Demo],
+                   help="which built-in demo model (default shapes, unconditional; backdrop: reads a one-word prompt, "
+                   "the backdrop colour: black, blue, green, red or purple)")
   p.add_argument("--memory", choices=list(POLICIES), help="the KV-memory policy (default relax; the demo: its own)")
   g = p.add_argument_group("memory options (each policy takes its own; see README)")
   for field, (kind, text) in SETTINGS.items():  # flags only set what is given; a policy refuses what it lacks

@@ -249,13 +249,19 @@ def generate_request(req: GenerateRequest, out: str, *, force: bool = False, pro
     raise ValueError("give text as --prompt/--prompts or as --text-embeddings, not both")
   if req.switches and len(prompts) != 1:
     raise ValueError("prompt switches need exactly one starting prompt (--prompt TEXT, then --switch FRAME:TEXT)")
-  demo_info = None
+  demo_info, words = None, None
   if req.source.origin is pipeline.DiTOrigin.DEMO:
     from rf_jax import demo
-    demo_info = demo.load_info()
-    if prompts or req.text_embeddings:
+    demo_info = demo.load_info(req.source.demo_model.folder)
+    words = demo.word_encoder(demo_info)  # a conditional demo reads one-word prompts
+    if words is None and (prompts or req.text_embeddings):
       raise ValueError("the built-in demo model is unconditional (trained without text); --prompt and "
-                       "--text-embeddings need --checkpoint or --preset")
+                       "--text-embeddings need --demo backdrop, --checkpoint or --preset")
+    if words is not None and req.text_embeddings:
+      raise ValueError(f"--demo {req.source.demo_model.value} reads one-word prompts ({', '.join(words.words)}): "
+                       "give --prompt, not --text-embeddings")
+    if words is not None and not prompts and not req.switches:
+      prompts = [demo_info["default_prompt"]] * req.batch
   policy = resolve_policy(req, demo_info)
   policy.check(req.chunk_frames)  # bad memory settings are named now, before any model is loaded
   sources = pipeline.resolve_sources(req.source.path if req.source.origin is pipeline.DiTOrigin.CHECKPOINT else None,
@@ -272,7 +278,8 @@ def generate_request(req: GenerateRequest, out: str, *, force: bool = False, pro
   if min(latent_hw) < 1 or latent_hw[0] % ph or latent_hw[1] % pw:
     raise ValueError(f"--latent-hw {latent_hw[0]} {latent_hw[1]}: must be positive multiples of the model's patch "
                      f"({ph}, {pw})")
-  # Pixel-space models (the demo, and what `rf-jax train` makes: RGB in and out) are unconditional: zero text.
+  # Pixel-space models (the demos, and what `rf-jax train` makes: RGB in and out) write their frames as they are;
+  # without prompts (all but a conditional demo) their text is zero.
   pixels = demo_info is not None or dit_config.out_dim == 3
   vae_strides = None
   if not pixels and sources.vae is not None:
@@ -304,7 +311,10 @@ def generate_request(req: GenerateRequest, out: str, *, force: bool = False, pro
     policy.recache_width(Geometry(1, 1, 1, 1, 1, sampler.chunk_frames, n0 + sampler.whole_chunks(frames)), recache)
   prompts += [text for _, text in req.switches]
   text, text_info = None, {}
-  if prompts:  # encode first: the text encoder is dropped before the DiT is loaded
+  if prompts and words is not None:  # a conditional demo's words (an unknown one is named here)
+    text = words(prompts, dit_config.text_len)
+    text_info = {"text_encoder": f"the demo's words ({', '.join(words.words)})"}
+  elif prompts:  # encode first: the text encoder is dropped before the DiT is loaded
     encoder = pipeline.prompt_encoder(sources, dit_config, seed=req.seed,
                                       cache_dir=req.text_cache or default_cache_dir() if req.use_text_cache else None)
     text = pad_embeddings(encoder(prompts), dit_config.text_len)

@@ -19,6 +19,7 @@ import os
 from typing import Any
 
 from rf_jax.config import PRESETS, ComputeDtype, ModelConfig
+from rf_jax.demo import Demo
 from rf_jax.io import atomic_directory, write_json_atomic
 from rf_jax.ops import AttnImpl
 
@@ -234,6 +235,7 @@ class DiTSource:
   model_config: ModelConfig | None = None  # RANDOM
   preset: str | None = None  # RANDOM from a preset: its name
   seed: int = 0  # RANDOM
+  demo_model: Demo = Demo.SHAPES  # DEMO: which one
 
   @classmethod
   def checkpoint(cls, path: str) -> "DiTSource":
@@ -256,17 +258,22 @@ class DiTSource:
     return cls.random(resolve_config(name), seed, preset=name)
 
   @classmethod
-  def demo(cls) -> "DiTSource":
-    return cls(DiTOrigin.DEMO)
+  def demo(cls, which: Demo = Demo.SHAPES) -> "DiTSource":
+    return cls(DiTOrigin.DEMO, demo_model=which)
 
   @classmethod
-  def of(cls, checkpoint: str | None, preset: str | None, *, seed: int = 0) -> "DiTSource":
-    """--checkpoint, else --preset, else the built-in demo."""
+  def of(cls, checkpoint: str | None, preset: str | None, *, seed: int = 0,
+         demo: Demo | None = None) -> "DiTSource":
+    """--checkpoint, else --preset, else the built-in demo `demo` (default Demo.SHAPES); --demo with either of the
+    others is refused."""
+    if demo is not None and (checkpoint is not None or preset is not None):
+      raise ValueError(f"--demo {demo.value} names a built-in model; it cannot go with "
+                       f"{'--checkpoint' if checkpoint is not None else '--preset'}")
     if checkpoint is not None:
       return cls.checkpoint(checkpoint)
     if preset is not None:
       return cls.of_preset(preset, seed)
-    return cls.demo()
+    return cls.demo(demo or Demo.SHAPES)
 
   @property
   def is_tiny_preset(self) -> bool:
@@ -280,13 +287,13 @@ class DiTSource:
     if self.origin is DiTOrigin.RANDOM:
       return self.model_config
     from rf_jax import demo
-    return ModelConfig.from_dict(demo.load_info()["model"], source="the demo model")
+    return ModelConfig.from_dict(demo.load_info(self.demo_model.folder)["model"], source="the demo model")
 
   def default_latent_hw(self) -> tuple[int, int]:
     """The latent size a run uses unless told: the demo's frames, 8x8 for the tiny preset, else 480x832 video."""
     if self.origin is DiTOrigin.DEMO:
       from rf_jax import demo
-      return tuple(demo.load_info()["frame_hw"])
+      return tuple(demo.load_info(self.demo_model.folder)["frame_hw"])
     return TINY_LATENT_HW if self.is_tiny_preset else DEFAULT_LATENT_HW
 
   def describe(self) -> dict[str, Any]:
@@ -296,7 +303,8 @@ class DiTSource:
     if self.origin is DiTOrigin.RANDOM:
       return {"preset": self.preset, "weights": f"random (seed {self.seed})"}
     from rf_jax import demo
-    return {"demo": demo.ASSET_DIR, "trained": demo.load_info().get("trained")}
+    folder = self.demo_model.folder
+    return {"demo": folder, "trained": demo.load_info(folder).get("trained")}
 
 
 def load_dit(source: DiTSource, *, dtype: ComputeDtype | str = ComputeDtype.FLOAT32,
@@ -320,7 +328,7 @@ def load_dit(source: DiTSource, *, dtype: ComputeDtype | str = ComputeDtype.FLOA
                                       rngs=nnx.Rngs(source.seed))
     return nnx.eval_shape(make) if abstract else make()
   from rf_jax import demo
-  return demo.load_demo(dtype=dtype, attn_impl=attn_impl)[0]
+  return demo.load_demo(source.demo_model.folder, dtype=dtype, attn_impl=attn_impl)[0]
 
 
 def inspect_parameters(ckpt: str | None = None, *, preset: str | None = None, verify: bool = False) -> str:

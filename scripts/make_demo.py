@@ -2,6 +2,12 @@
 built-in demo model (rf_jax/assets/demo/), with a few-step sampler fitted to it.
 
     python scripts/make_demo.py runs/demo_fade [--out rf_jax/assets/demo]
+    python scripts/make_demo.py runs/demo_backdrop --backdrop     # the conditional demo -> rf_jax/assets/demo_backdrop
+
+With --backdrop (a run of configs/train/demo_backdrop.py) nothing is fitted: the conditional demo keeps the shipped
+demo's sampler and memory, and demo.json gains its prompts (the `WordEncoder` table it was trained with), the
+default prompt, and `switch_check`: what a prompt switch does to its videos (`demo.switch_check`, with the memory's
+default re-cache and with none).
 
 Fitting: for each candidate sampler (denoising steps x schedule shift x re-noising eta), the EMA model rolls out
 `--samples` videos of 96 frames under the demo's memory (MEMORY, stored in demo.json as `memory`: what
@@ -96,11 +102,15 @@ def _trained_commit(run: str) -> str | None:
 def main(argv=None) -> int:
   p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("run", help="a finished training run folder (rf-jax train ... --out RUN)")
-  p.add_argument("--config", default=os.path.join(os.path.dirname(__file__), "..", "configs", "train", "demo_fade.py"),
-                 help="the training config of RUN (default: the demo's last stage)")
-  p.add_argument("--out", default=demo.ASSET_DIR)
+  p.add_argument("--config", help="the training config of RUN (default: the demo's last stage, configs/train/"
+                 "demo_fade.py; with --backdrop configs/train/demo_backdrop.py)")
+  p.add_argument("--out", help="default rf_jax/assets/demo (--backdrop: rf_jax/assets/demo_backdrop)")
   p.add_argument("--samples", type=int, default=4)
+  p.add_argument("--backdrop", action="store_true", help="package the conditional demo (no sampler fit)")
   args = p.parse_args(argv)
+  configs = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "configs", "train")
+  args.config = args.config or os.path.join(configs, "demo_backdrop.py" if args.backdrop else "demo_fade.py")
+  args.out = args.out or (demo.BACKDROP_DIR if args.backdrop else demo.ASSET_DIR)
 
   from rf_jax.checkpoint import load_model, load_params
   from flax import nnx
@@ -110,6 +120,14 @@ def main(argv=None) -> int:
     log = [json.loads(ln) for ln in f if ln.strip()]
   if not log or log[-1]["step"] != cfg.steps:
     raise SystemExit(f"{args.run}: training is not finished (last logged step {log[-1]['step'] if log else None})")
+
+  trained = {"config": os.path.relpath(os.path.abspath(args.config), os.path.join(os.path.dirname(
+                 os.path.abspath(__file__)), "..")), "steps": cfg.steps, "batch": cfg.batch,
+             "clip_frames": cfg.clip_frames, "final_loss": log[-1]["loss"], "seconds": log[-1]["seconds"],
+             "device": str(jax.devices()[0]), "jax": jax.__version__, "commit": _trained_commit(args.run),
+             "packaged_commit": git_commit(), "init": cfg.init, "init_run": _run_summary(cfg.init)}
+  if args.backdrop:
+    return package_backdrop(args, cfg, model, trained)
 
   real = shapes_batch(cfg.data, seed=cfg.data_seed + 1000, indices=range(16))[:, :FIT_FRAMES]  # held out
   background = np.asarray(cfg.data.background, np.float32) * 2 - 1
@@ -143,12 +161,7 @@ def main(argv=None) -> int:
       "frame_hw": [cfg.data.size, cfg.data.size],
       "default_frames": 480,
       "fps": demo.FPS,
-      "trained": {"config": os.path.relpath(os.path.abspath(args.config), os.path.join(os.path.dirname(
-                      os.path.abspath(__file__)), "..")), "steps": cfg.steps, "batch": cfg.batch,
-                  "clip_frames": cfg.clip_frames, "final_loss": log[-1]["loss"], "seconds": log[-1]["seconds"],
-                  "device": str(jax.devices()[0]), "jax": jax.__version__, "commit": _trained_commit(args.run),
-                  "packaged_commit": git_commit(),
-                  "init": cfg.init, "init_run": _run_summary(cfg.init)},
+      "trained": trained,
       "sampler_fit": {"data_motion": round(real_motion, 5), "data_foreground": round(real_fg, 4),
                       "data_consistency": round(real_cons, 4),
                       "candidates": results},
@@ -158,6 +171,34 @@ def main(argv=None) -> int:
   demo.write_demo(args.out, cfg.model, jax.device_get(params), info)
   size = os.path.getsize(os.path.join(args.out, "model.safetensors"))
   print(json.dumps({"out": os.path.abspath(args.out), "bytes": size, "sampler": info["sampler"]}))
+  return 0
+
+
+def package_backdrop(args, cfg, model, trained: dict) -> int:
+  """The conditional demo: the shipped demo's sampler and memory, its prompts, and the checks."""
+  from flax import nnx
+  from rf_jax.checkpoint import load_params
+  from rf_jax.sampling import Recache
+  from rf_jax.text.words import WordEncoder
+  if not cfg.backdrops:
+    raise SystemExit(f"{args.config}: not a conditional config (TrainConfig.backdrops is empty)")
+  base = demo.load_info(demo.ASSET_DIR)
+  if trained["init"] and os.path.isfile(os.path.join(trained["init"], "demo.json")):  # the shipped demo's folder
+    trained["init"] = os.path.relpath(trained["init"], os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+    trained["init_run"] = {"demo": trained["init"], "trained": base.get("trained")}
+  info = {"sampler": base["sampler"], "memory": base["memory"], "frame_hw": [cfg.data.size, cfg.data.size],
+          "default_frames": 480, "fps": demo.FPS,
+          "prompts": WordEncoder.fixed(cfg.backdrops, cfg.model.text_dim).to_dict(),
+          "default_prompt": cfg.backdrops[0], "trained": trained}
+  info["shipped_check"] = demo.rollout_check(model, info, frames=480, samples=4, seed=0, last=80)
+  print(json.dumps({"shipped_check": info["shipped_check"]}), flush=True)
+  info["switch_check"] = demo.switch_check(model, info)  # tests/test_demo.py
+  info["switch_check_no_recache"] = demo.switch_check(model, info, recache=Recache.NONE)
+  print(json.dumps({k: info[k] for k in ("switch_check", "switch_check_no_recache")}), flush=True)
+  params = nnx.to_pure_dict(load_params(os.path.join(args.run, "model"))[1])
+  demo.write_demo(args.out, cfg.model, jax.device_get(params), info)
+  print(json.dumps({"out": os.path.abspath(args.out),
+                    "bytes": os.path.getsize(os.path.join(args.out, "model.safetensors"))}))
   return 0
 
 

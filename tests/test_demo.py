@@ -78,6 +78,64 @@ def test_the_demo_takes_no_prompt_and_a_missing_demo_is_named(demo_dir, tmp_path
   assert "the demo model is not installed" in capsys.readouterr().err
 
 
+@pytest.fixture
+def backdrop_dir(tmp_path, monkeypatch):
+  """A small random conditional demo (demo.json with prompts and a default prompt) as --demo backdrop."""
+  from rf_jax.text.words import WordEncoder
+  model = CausalWanDiT(CFG, rngs=nnx.Rngs(1))
+  folder = str(tmp_path / "demo_backdrop")
+  demo.write_demo(folder, CFG, nnx.to_pure_dict(nnx.state(model, nnx.Param)),
+                  {"sampler": {"steps": [1000, 500], "shift": 3.0, "eta": 0.0}, "frame_hw": [16, 16],
+                   "default_frames": 12, "fps": 16, "memory": {"policy": "window", "window_frames": 6},
+                   "prompts": WordEncoder.fixed(("black", "blue", "red"), CFG.text_dim).to_dict(),
+                   "default_prompt": "black"})
+  monkeypatch.setattr(demo, "BACKDROP_DIR", folder)
+  return folder
+
+
+def test_the_backdrop_demo_reads_one_word_prompts_and_switches(backdrop_dir, tmp_path, capsys):
+  """--demo backdrop: the default prompt without --prompt; --prompt WORD --switch FRAME:WORD re-caches at the switch
+  (the window's default) and shows it in the trace; the run equals a Rollout fed the words' vectors by hand."""
+  import jax.numpy as jnp
+  from rf_jax.memory import WindowPolicy
+  from rf_jax.sampling import PromptSchedule, Rollout, Sampler
+  from rf_jax.sampling.seeds import seed_keys
+  from rf_jax.text.words import WordEncoder
+  out = tmp_path / "plain"
+  assert cli.main(["generate", "--demo", "backdrop", "--out", str(out), "--quiet"]) == 0
+  summary = json.loads((out / "summary.json").read_text())
+  assert summary["source"]["demo"] == backdrop_dir and summary["prompts"] == ["black"]
+  out = tmp_path / "switch"
+  assert cli.main(["generate", "--demo", "backdrop", "--prompt", "blue", "--switch", "6:red", "--out", str(out),
+                   "--quiet"]) == 0
+  summary = json.loads((out / "summary.json").read_text())
+  assert [s["frame"] for s in summary["switches"]] == [6] and summary["recache"] == "window"
+  assert summary["switches"][0]["recached_frames"]  # the window's frames re-ran under "red"
+  assert probe(str(out / "video.mp4"))["frames"] == 12 and os.path.exists(out / "motion.png")
+  latents = np.load(out / "latents.npy")  # [1, F, 3, H, W]
+  model, info = demo.load_demo(backdrop_dir)
+  words = WordEncoder.from_dict(info["prompts"])
+  rollout = Rollout(model, WindowPolicy(window_frames=6), Sampler.from_steps([1000, 500], shift=3.0, eta=0.0),
+                    batch=1, latent_hw=(16, 16), frames=12)
+  context = jnp.asarray(words(["blue", "red"], CFG.text_len))[:, None]  # [K, B, P, D]
+  want = np.asarray(rollout.run(context, key=seed_keys(0).noise, schedule=PromptSchedule(switch_frames=(6,)))[0])
+  np.testing.assert_allclose(np.moveaxis(latents, 2, -1), want, atol=1e-5)
+
+
+def test_the_backdrop_demo_names_an_unknown_word_before_loading(backdrop_dir, tmp_path, capsys, monkeypatch):
+  from rf_jax import pipeline
+  monkeypatch.setattr(pipeline, "load_dit", lambda *a, **k: pytest.fail("loaded a model"))
+  for argv, message in ((["--prompt", "a fox"], "'a fox': this model knows the prompts black, blue, red"),
+                        (["--prompt", "blue", "--switch", "6:pink"], "'pink': this model knows the prompts"),
+                        (["--text-embeddings", "x.npy"], "reads one-word prompts (black, blue, red)")):
+    assert cli.main(["generate", "--demo", "backdrop", "--out", str(tmp_path / "v"), "--quiet", *argv]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1, err
+  assert not os.path.exists(tmp_path / "v")
+  with pytest.raises(SystemExit):  # argparse: --demo names a built-in model, not with --preset
+    cli.main(["generate", "--demo", "backdrop", "--preset", "tiny", "--out", str(tmp_path / "v")])
+
+
 # The shipped model against the dataset over a whole 30-second video: its first second and its last 5 seconds.
 # Measured (demo.rollout_check, CPU, jax 0.12.0.1): first second motion 0.96 and shape pixels 0.76 of the dataset's,
 # consistency 0.39; last 5 s 1.28, 1.12 and 0.43 (the dataset's consistency: 0.86). The floors sit below; a model
@@ -103,3 +161,34 @@ def test_the_shipped_demo_moves_and_keeps_its_shapes_for_30_seconds():
     assert got["motion_vs_data"] >= MOTION_FLOOR, (span, got)
     assert FOREGROUND_FLOOR <= got["foreground_vs_data"] <= FOREGROUND_CEILING, (span, got)
     assert got["consistency"] >= CONSISTENCY_FLOOR[span], (span, got)
+
+
+def test_the_shipped_backdrop_demo_follows_a_prompt_switch_and_keeps_moving(tmp_path):
+  """The conditional demo as a user runs it: `generate --demo backdrop --prompt blue --switch 24:red`. Every frame's
+  backdrop (its median pixel) is within NEAR of blue before the switch and of red from 4 chunks after it (the
+  backdrops are more than 2 NEAR apart, so a frame near one is near no other); the shapes keep moving; the video and
+  the switch's marker are written."""
+  from rf_jax.data.shapes import BACKDROPS
+  assert os.path.isfile(os.path.join(demo.BACKDROP_DIR, "model.safetensors")), \
+      f"the shipped conditional demo is missing from {demo.BACKDROP_DIR}"
+  out = tmp_path / "switch"
+  assert cli.main(["generate", "--demo", "backdrop", "--prompt", "blue", "--switch", "24:red", "--frames", "48",
+                   "--out", str(out), "--quiet"]) == 0
+  videos = np.moveaxis(np.load(out / "latents.npy"), 2, -1)  # [1, 48, H, W, 3]
+  before = demo.backdrop_distance(videos[:, :24], BACKDROPS["blue"])
+  after = demo.backdrop_distance(videos[:, 36:], BACKDROPS["red"])
+  assert before.max() < NEAR and after.max() < NEAR, (before.round(3), after.round(3))
+  assert np.abs(np.diff(videos[0], axis=0)).mean() > 0.005  # still moving
+  summary = json.loads((out / "summary.json").read_text())
+  assert summary["switches"][0]["frame"] == 24 and summary["recache"] == "all_memory"
+  assert probe(str(out / "video.mp4"))["frames"] == 48 and os.path.exists(out / "motion.png")
+
+
+NEAR = 0.06  # of a backdrop colour, largest channel difference on [0, 1] pixels
+
+
+def test_the_backdrops_are_far_enough_apart_for_the_check():
+  from rf_jax.data.shapes import BACKDROPS
+  colours = np.asarray(list(BACKDROPS.values()))
+  gaps = np.abs(colours[:, None] - colours[None]).max(-1)[~np.eye(len(colours), dtype=bool)]
+  assert gaps.min() > 2 * NEAR  # (blue and purple are the closest: 0.18)

@@ -6,6 +6,10 @@ a dark background; later shapes are drawn over earlier ones. Identity persists (
 size or kind) and motion never stops, so both long-range consistency and motion are measurable.
 
     clip = shapes_clip(ShapesConfig(), seed=0, index=7)     # float32 [T, H, W, 3] in [-1, 1]
+    blue = shapes_clip(ShapesConfig(), seed=0, index=7, background=BACKDROPS["blue"])   # the same shapes on blue
+
+The backdrops are the conditional demo's prompts (configs/train/demo_backdrop.py): a clip's shapes do not depend on
+its background colour.
 
 The same (seed, index) gives the same clip on every machine: all randomness comes from numpy's Philox generator
 keyed by both.
@@ -18,6 +22,8 @@ import dataclasses
 import numpy as np
 
 KINDS = ("disc", "square", "triangle", "ring")
+BACKDROPS = {"black": (0.08, 0.08, 0.12), "blue": (0.06, 0.16, 0.38), "green": (0.06, 0.28, 0.12),
+             "red": (0.36, 0.07, 0.08), "purple": (0.24, 0.08, 0.32)}  # dark, so every shape colour stands out
 PALETTE = np.array([[0.95, 0.25, 0.2], [0.2, 0.6, 0.95], [0.95, 0.85, 0.2], [0.3, 0.85, 0.35],
                     [0.85, 0.4, 0.9], [0.95, 0.6, 0.2], [0.9, 0.9, 0.9]], np.float32)
 
@@ -68,16 +74,17 @@ def _trajectory(start: float, velocity: float, lo: float, hi: float, t: np.ndarr
 
 
 def shapes_clip(config: ShapesConfig, *, seed: int, index: int, start_frame: int = 0,
-                frames: int | None = None) -> np.ndarray:
+                frames: int | None = None, background=None) -> np.ndarray:
   """Clip `index` of the dataset `seed`: float32 [frames, size, size, 3] in [-1, 1], from `start_frame` of its
-  (endless) motion."""
+  (endless) motion, over `background` (RGB in [0, 1]; default config.background)."""
   frames = config.frames if frames is None else frames
   rng = _rng(seed, index)
   n = int(rng.integers(1, config.max_shapes + 1))
   s = config.size
   t = np.arange(start_frame, start_frame + frames, dtype=np.float64)
   yy, xx = np.meshgrid(np.arange(s, dtype=np.float64) + 0.5, np.arange(s, dtype=np.float64) + 0.5, indexing="ij")
-  video = np.broadcast_to(np.asarray(config.background, np.float32), (frames, s, s, 3)).copy()
+  bg = config.background if background is None else background
+  video = np.broadcast_to(np.asarray(bg, np.float32), (frames, s, s, 3)).copy()
   colours = rng.permutation(len(PALETTE))[:n]
   for k in range(n):
     kind = KINDS[int(rng.integers(len(KINDS)))]
@@ -98,7 +105,8 @@ def shapes_batch(config: ShapesConfig, *, seed: int, indices, frames: int | None
 
 
 def shape_curves(videos: np.ndarray, background=ShapesConfig.background) -> dict[str, np.ndarray]:
-  """Per-frame measures of a bouncing-shapes video (the dataset's or a model's), videos [B, T, H, W, 3] in [-1, 1]:
+  """Per-frame measures of a bouncing-shapes video (the dataset's or a model's), videos [B, T, H, W, 3] in [-1, 1],
+  over `background` (RGB in [0, 1]: [3], or each frame's [B, T, 3]):
 
     motion       [B, T-1] mean |frame - previous frame| on [0, 1] pixels: is it still moving?
     foreground   [B, T]   fraction of pixels farther than 0.25 (on [0, 1]) from the background colour
@@ -110,6 +118,7 @@ def shape_curves(videos: np.ndarray, background=ShapesConfig.background) -> dict
   """
   px = (np.clip(np.asarray(videos, np.float32), -1, 1) + 1) / 2
   bg = np.asarray(background, np.float32)
+  bg = bg[:, :, None, None, :] if bg.ndim == 3 else bg  # per frame: [B, T, 1, 1, 3]
   fg = np.abs(px - bg).max(-1) > 0.25  # [B, T, H, W]
   q = np.minimum((px * 4).astype(np.int32), 3)
   codes = np.where(fg, q[..., 0] * 16 + q[..., 1] * 4 + q[..., 2], 64)  # 64: background

@@ -7,7 +7,7 @@ import dataclasses
 from typing import Any
 
 from rf_jax.config import ComputeDtype, ModelConfig, load_python_value
-from rf_jax.data.shapes import ShapesConfig
+from rf_jax.data.shapes import BACKDROPS, ShapesConfig
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -47,8 +47,14 @@ class TrainConfig:
     bg + a (frame - bg), each frame by its own a drawn uniformly in [`context_fade_min`, 1] (0 = off). A rollout's
     shapes fade a little with every chunk it conditions on its own output; shown faded context with full-strength
     targets, the model learns to restore them instead of fading further (README, The demo model).
-  init: a DiT checkpoint (rf_jax.dit, e.g. an earlier run's model/) to start from instead of a random
-    initialisation (fine-tuning); its config must equal `model`.
+  backdrops: the prompts of a conditional model (names in rf_jax.data.shapes.BACKDROPS; () = unconditional, zero
+    text): each clip is drawn over one of them, chosen per clip, and the model reads that word
+    (`rf_jax.text.words.WordEncoder.fixed(backdrops, model.text_dim)`) as its text.
+  backdrop_switch: the fraction of such clips whose clean context frames show another backdrop than the prompt's:
+    a prompt switch at the frontier, as a rollout sees it after a switch (the memory re-cached under the new prompt
+    still shows the old background). The noisy chunks and the target keep the prompt's backdrop.
+  init: a DiT checkpoint (rf_jax.dit, e.g. an earlier run's model/) or a demo folder (rf_jax/assets/demo) to start
+    from instead of a random initialisation (fine-tuning); its config must equal `model`.
   """
   model: ModelConfig
   data: ShapesConfig = ShapesConfig()
@@ -71,6 +77,8 @@ class TrainConfig:
   self_context_sigma: tuple[float, float] = (0.2, 0.6)
   context_fade: float = 0.0
   context_fade_min: float = 0.3
+  backdrops: tuple[str, ...] = ()
+  backdrop_switch: float = 0.0
   init: str | None = None
 
   def __post_init__(self):
@@ -95,6 +103,13 @@ class TrainConfig:
     if not 0 <= self.context_fade <= 1 or not 0 <= self.context_fade_min <= 1:
       raise ValueError(f"TrainConfig: 0 <= context_fade <= 1 and 0 <= context_fade_min <= 1 are needed (got "
                        f"{self.context_fade}, {self.context_fade_min})")
+    unknown = [b for b in self.backdrops if b not in BACKDROPS]
+    if unknown or len(set(self.backdrops)) != len(self.backdrops) or isinstance(self.backdrops, str):
+      raise ValueError(f"TrainConfig.backdrops={self.backdrops!r}: a tuple of distinct names from "
+                       f"{', '.join(BACKDROPS)}")
+    if not 0 <= self.backdrop_switch <= 1 or (self.backdrop_switch and len(self.backdrops) < 2):
+      raise ValueError(f"TrainConfig.backdrop_switch={self.backdrop_switch}: in [0, 1], and a switch needs at least "
+                       "two backdrops")
     if self.loss not in ("flow", "x0"):
       raise ValueError(f"TrainConfig.loss={self.loss!r}; expected 'flow' or 'x0'")
     if not 0 < self.x0_loss_sigma_floor <= 1:

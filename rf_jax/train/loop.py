@@ -24,13 +24,12 @@ import jax
 import numpy as np
 
 from rf_jax.io import single_writer, write_json_atomic
-from rf_jax.data.shapes import shapes_batch
 from rf_jax.parallel import placement
 from rf_jax.parallel.distributed import is_leader
 from rf_jax.progress import progress_bar
 from rf_jax.runinfo import git_commit
 from rf_jax.train.config import TrainConfig
-from rf_jax.train.step import _graphdef, abstract_state, batch_indices, init_state, step_key, train_step_fn
+from rf_jax.train.step import _graphdef, abstract_state, init_state, step_key, train_batch, train_step_fn
 
 
 def _manager(out: str, cfg: TrainConfig):
@@ -128,10 +127,11 @@ def _train(cfg: TrainConfig, out: str, *, mesh=None, progress: bool = True) -> d
   bar = progress_bar(cfg.steps, desc="train", unit="step", enabled=progress and is_leader(), initial=start)
   with open(metrics_path, "a") as log:
     for step in range(start, cfg.steps):
-      clips = shapes_batch(cfg.data, seed=cfg.data_seed, indices=batch_indices(cfg, step), frames=cfg.clip_frames)
+      clips, cond = train_batch(cfg, step)
       if mesh is not None:
         clips = placement.put_batch(clips, mesh)
-      state, metrics = step_fn(state, clips, step_key(cfg, step))
+        cond = None if cond is None else jax.tree.map(lambda x: placement.put_batch(x, mesh), cond)
+      state, metrics = step_fn(state, clips, step_key(cfg, step), cond)
       done = step + 1
       if compile_seconds is None:
         jax.block_until_ready(metrics["loss"])

@@ -16,6 +16,10 @@ model learns to restore the shapes from such context rather than copy, and compo
 Context fade (cfg.context_fade > 0): for a random fraction of clips each clean context frame is faded towards the
 background colour by its own factor a in [context_fade_min, 1], bg + a (frame - bg); the noisy chunks and the target
 stay as they are. Against the slow fading of a rollout's shapes.
+Backdrops (cfg.backdrops, a conditional model): each clip is drawn over its own backdrop and the model reads that
+word as text; for a fraction cfg.backdrop_switch of them the clean context frames show another backdrop (a prompt
+switch at the frontier); the fade goes towards the backdrop a frame shows, and self-context reconstructs the frames
+the context shows.
 The model sees all chunks at once with the block-causal mask (each chunk attends to itself and earlier chunks), the
 training-path forward of the reference (`forward_train`).
 """
@@ -60,12 +64,19 @@ def build_model(cfg: TrainConfig, *, abstract: bool = False):
 
 
 def initial_params(cfg: TrainConfig) -> dict[str, Any]:
-  """The float32 parameters of step 0: a fresh model from cfg.seed, or the checkpoint cfg.init (same config)."""
+  """The float32 parameters of step 0: a fresh model from cfg.seed, or the checkpoint or demo folder cfg.init (same
+  config)."""
   if cfg.init is None:
     params = nnx.to_pure_dict(nnx.state(build_model(cfg), nnx.Param))
   else:
+    import os
     from rf_jax.checkpoint import load_params
-    config, state = load_params(cfg.init)
+    if os.path.isfile(os.path.join(cfg.init, "demo.json")):  # a demo folder: float32 safetensors
+      from rf_jax import demo
+      model = demo.load_demo(cfg.init)[0]
+      config, state = model.config, nnx.state(model, nnx.Param)
+    else:
+      config, state = load_params(cfg.init)
     if config != cfg.model:
       want = cfg.model.to_dict()
       diff = sorted(k for k, v in config.to_dict().items() if want.get(k) != v)
@@ -102,8 +113,9 @@ def chunk_noise_levels(cfg: TrainConfig, key: Array, batch: int) -> tuple[Array,
   return jnp.where(noisy, jnp.asarray(timesteps)[idx], 0.0), noisy
 
 
-def loss_fn(params, graphdef, cfg: TrainConfig, clips: Array, key: Array) -> tuple[Array, dict]:
-  """clips [B, F, H, W, 3] in [-1, 1] -> (loss, aux)."""
+def loss_fn(params, graphdef, cfg: TrainConfig, clips: Array, key: Array, cond: dict | None = None
+            ) -> tuple[Array, dict]:
+  """clips [B, F, H, W, 3] in [-1, 1] -> (loss, aux). cond: a conditional model's batch (`train_batch`)."""
   b, f = clips.shape[:2]
   k_t, k_eps = jax.random.split(key)
   t_chunk, noisy = chunk_noise_levels(cfg, k_t, b)
@@ -112,20 +124,28 @@ def loss_fn(params, graphdef, cfg: TrainConfig, clips: Array, key: Array) -> tup
   eps = jax.random.normal(k_eps, clips.shape, jnp.float32)
   noisy_f = jnp.repeat(noisy, cfg.chunk_frames, axis=1)  # [B, F]
   model = nnx.merge(graphdef, params)
-  context = jnp.zeros((b, cfg.model.text_len, cfg.model.text_dim), jnp.float32)  # unconditional
   aux = {"noisy_fraction": jnp.mean(noisy.astype(jnp.float32))}
-  shown = clips  # what the clean context frames show
+  bg = jnp.broadcast_to(jnp.asarray(cfg.data.background, jnp.float32) * 2 - 1, (b, f, 3))  # what each frame is over
+  if cond is None:
+    context = jnp.zeros((b, cfg.model.text_len, cfg.model.text_dim), jnp.float32)  # unconditional
+    shown = clips  # what the clean context frames show
+  else:
+    context = cond["context"]  # [B, text_len, text_dim]
+    before = (cond["switch"][:, None] & ~noisy_f)  # [B, F]: context frames still showing the old backdrop
+    shown = jnp.where(before[:, :, None, None, None], cond["before"], clips)
+    bg = jnp.where(before[:, :, None], cond["bg_before"][:, None], cond["bg"][:, None])
+    aux["switch_fraction"] = jnp.mean(cond["switch"].astype(jnp.float32))
   if cfg.self_context > 0:  # (static)
-    recon, use = _self_context(model, cfg, sched, clips, context, jax.random.fold_in(key, 1))
+    recon, use = _self_context(model, cfg, sched, shown, context, jax.random.fold_in(key, 1))
     swap = use[:, None] & ~noisy_f  # [B, F]: the clean context frames of the chosen clips
-    shown = jnp.where(swap[:, :, None, None, None], recon, clips)
+    shown = jnp.where(swap[:, :, None, None, None], recon, shown)
     aux["self_context_fraction"] = jnp.mean(use.astype(jnp.float32))
   if cfg.context_fade > 0:  # (static) fade clean context frames towards the background colour
     k_use, k_a = jax.random.split(jax.random.fold_in(key, 2))
     use = jax.random.bernoulli(k_use, cfg.context_fade, (b,))
     a = jax.random.uniform(k_a, (b, f), minval=cfg.context_fade_min, maxval=1.0)  # [B, F]
     a = jnp.where(use[:, None] & ~noisy_f, a, 1.0)[:, :, None, None, None]
-    bg = jnp.asarray(cfg.data.background, jnp.float32) * 2 - 1
+    bg = bg[:, :, None, None, :]  # [B, F, 1, 1, 3]
     shown = bg + a * (shown - bg)
     aux["context_fade_fraction"] = jnp.mean(use.astype(jnp.float32))
   # (the schedule's table has no sigma 0: its nearest to t = 0 is ~0.003, so context frames are kept as they are)
@@ -156,16 +176,16 @@ def _self_context(model, cfg: TrainConfig, sched: FlowSchedule, clips: Array, co
 
 
 def train_step_fn(cfg: TrainConfig, graphdef, counter: list | None = None):
-  """The jitted step (state, clips, key) -> (state, metrics); `counter` counts its traces (compiles)."""
+  """The jitted step (state, clips, key, cond=None) -> (state, metrics); `counter` counts its traces (compiles)."""
   tx = optimizer(cfg)
   lr = learning_rate(cfg.optim, cfg.steps)
 
-  def step(state, clips, key):
+  def step(state, clips, key, cond=None):
     if counter is not None:
       counter.append(1)
     params = state["params"]
     (loss, aux), grads = jax.value_and_grad(
-        lambda p: loss_fn(p, graphdef, cfg, clips, key), has_aux=True)(params)
+        lambda p: loss_fn(p, graphdef, cfg, clips, key, cond), has_aux=True)(params)
     updates, opt_state = tx.update(grads, state["opt_state"], params)
     params = optax.apply_updates(params, updates)
     d = cfg.ema_decay
@@ -189,3 +209,32 @@ def step_key(cfg: TrainConfig, step: int) -> Array:
 def batch_indices(cfg: TrainConfig, step: int) -> np.ndarray:
   """The dataset clips of a step: an endless stream of distinct clips, step * batch + i."""
   return np.arange(step * cfg.batch, (step + 1) * cfg.batch)
+
+
+def train_batch(cfg: TrainConfig, step: int) -> tuple[np.ndarray, dict[str, np.ndarray] | None]:
+  """(clips [B, F, H, W, 3], cond) of a step: the dataset clips `batch_indices`; for a conditional model
+  (cfg.backdrops) each over its backdrop, and cond = {context [B, text_len, text_dim] (the backdrop's word),
+  switch [B] bool, before [B, F, H, W, 3] (the same clip over another backdrop, shown as context where switch),
+  bg, bg_before [B, 3] (the two backdrops in [-1, 1])}. Every choice is a function of (data_seed, clip index)."""
+  from rf_jax.data.shapes import BACKDROPS, shapes_batch, shapes_clip
+  indices = batch_indices(cfg, step)
+  if not cfg.backdrops:
+    return shapes_batch(cfg.data, seed=cfg.data_seed, indices=indices, frames=cfg.clip_frames), None
+  from rf_jax.text.words import WordEncoder
+  words = WordEncoder.fixed(cfg.backdrops, cfg.model.text_dim)
+  n = len(cfg.backdrops)
+  picks, afters, befores, switch = [], [], [], []
+  for i in indices:
+    rng = np.random.Generator(np.random.Philox(key=[cfg.data_seed & 0xFFFFFFFFFFFFFFFF, int(i) + (1 << 62)]))
+    w = int(rng.integers(n))
+    s = bool(rng.uniform() < cfg.backdrop_switch)
+    o = (w + 1 + int(rng.integers(n - 1))) % n if n > 1 else w  # another backdrop
+    picks.append((w, o))
+    switch.append(s)
+    for word, out in ((cfg.backdrops[w], afters), (cfg.backdrops[o], befores)):
+      out.append(shapes_clip(cfg.data, seed=cfg.data_seed, index=int(i), frames=cfg.clip_frames,
+                             background=BACKDROPS[word]))
+  rgb = lambda k: np.asarray([BACKDROPS[cfg.backdrops[p[k]]] for p in picks], np.float32) * 2 - 1  # noqa: E731
+  cond = {"context": words([cfg.backdrops[w] for w, _ in picks], cfg.model.text_len),
+          "switch": np.asarray(switch), "before": np.stack(befores), "bg": rgb(0), "bg_before": rgb(1)}
+  return np.stack(afters), cond

@@ -66,3 +66,24 @@ def test_shape_curves_hold_on_the_dataset_and_fall_when_shapes_fade_vanish_or_ch
   recoloured = clips.copy()
   recoloured[:, 12:] = clips[:, 12:, :, :, [1, 2, 0]]  # RGB -> GBR: same shapes, other colours (white stays)
   assert shape_curves(recoloured)["consistency"][:, 12:].mean() < 0.6
+
+
+def test_a_backdrop_changes_the_background_and_nothing_else():
+  from rf_jax.data.shapes import BACKDROPS
+  cfg = ShapesConfig(frames=6)
+  default = shapes_clip(cfg, seed=2, index=3)
+  np.testing.assert_array_equal(shapes_clip(cfg, seed=2, index=3, background=BACKDROPS["black"]), default)
+  red = shapes_clip(cfg, seed=2, index=3, background=BACKDROPS["red"])
+  bg_black = np.asarray(BACKDROPS["black"], np.float32) * 2 - 1
+  bg_red = np.asarray(BACKDROPS["red"], np.float32) * 2 - 1
+  empty = np.all(np.abs(default - bg_black) < 1e-6, axis=-1)  # pixels no shape touches
+  assert 0.3 < empty.mean() < 1
+  np.testing.assert_allclose(red[empty], np.broadcast_to(bg_red, red[empty].shape), atol=1e-6)
+  covered = ~empty & (np.abs(default - red).max(-1) < 1e-6)  # pixels fully covered by a shape: identical
+  assert covered.any()
+  # the per-frame background of shape_curves: measured against its own backdrop, both clips have the same shapes
+  both = np.stack([default, red])
+  per_frame = np.stack([np.broadcast_to(BACKDROPS["black"], (6, 3)), np.broadcast_to(BACKDROPS["red"], (6, 3))])
+  from rf_jax.data.shapes import shape_curves
+  c = shape_curves(both, per_frame)
+  np.testing.assert_allclose(c["foreground"][0], c["foreground"][1], atol=0.02)

@@ -200,3 +200,94 @@ def test_the_demo_training_stages_chain_one_model(monkeypatch):
   for prev_out, stage in zip(("runs/demo_base", "runs/demo", "runs/demo_sc"), stages[1:]):
     assert stage.init == f"{prev_out}/model" and stage.model == stages[0].model
   assert stages[3].context_fade > 0 and stages[3].model.prediction == "x0"
+
+
+def test_a_conditional_batch_is_each_clip_over_its_backdrop_and_deterministic(tiny):
+  """train_batch with backdrops: the clip is the dataset's clip over the chosen backdrop (rendered independently
+  here), `before` the same clip over another one, the text the word's vector; the same step gives the same batch."""
+  from rf_jax.data.shapes import BACKDROPS, shapes_clip
+  from rf_jax.text.words import WordEncoder
+  cfg = dataclasses.replace(tiny, backdrops=("black", "blue", "red"), backdrop_switch=0.5, batch=16)
+  clips, cond = step_mod.train_batch(cfg, 3)
+  again, cond2 = step_mod.train_batch(cfg, 3)
+  np.testing.assert_array_equal(clips, again)
+  for k in cond:
+    np.testing.assert_array_equal(cond[k], cond2[k])
+  words = WordEncoder.fixed(cfg.backdrops, cfg.model.text_dim)
+  assert cond["context"].shape == (16, cfg.model.text_len, cfg.model.text_dim)
+  seen = set()
+  for i, index in enumerate(step_mod.batch_indices(cfg, 3)):
+    w = int(np.nonzero([np.array_equal(cond["context"][i, 0], row) for row in words.table])[0][0])
+    word = cfg.backdrops[w]
+    np.testing.assert_array_equal(clips[i], shapes_clip(cfg.data, seed=cfg.data_seed, index=int(index),
+                                                        frames=cfg.clip_frames, background=BACKDROPS[word]))
+    np.testing.assert_allclose(cond["bg"][i], np.asarray(BACKDROPS[word]) * 2 - 1, atol=1e-6)
+    other = [b for b in cfg.backdrops if np.allclose(np.asarray(BACKDROPS[b]) * 2 - 1, cond["bg_before"][i])]
+    assert other and other[0] != word
+    np.testing.assert_array_equal(cond["before"][i], shapes_clip(
+        cfg.data, seed=cfg.data_seed, index=int(index), frames=cfg.clip_frames, background=BACKDROPS[other[0]]))
+    seen.add(word)
+  assert len(seen) >= 2 and 0 < cond["switch"].sum() < 16
+  plain, none = step_mod.train_batch(tiny, 3)
+  assert none is None and plain.shape[1:] == clips.shape[1:]
+
+
+def test_a_switched_clip_shows_the_old_backdrop_on_its_clean_context_only(tiny, monkeypatch):
+  """backdrop_switch=1: the model is shown `before` (faded towards the old backdrop with context_fade=1) on the clean
+  context frames and the noised target elsewhere, with the prompt's word as text; switch 0 shows the target."""
+  import jax.numpy as jnp
+  from rf_jax.model import CausalWanDiT
+  shown = []
+
+  def record(self, x, t, context, *, chunk_frames=3, local_window_frames=-1):
+    shown.append((np.asarray(x, np.float64), np.asarray(t), np.asarray(context)))
+    return jnp.zeros_like(x)
+
+  monkeypatch.setattr(CausalWanDiT, "forward_train", record)
+  base = dataclasses.replace(tiny, clip_frames=12, backdrops=("black", "green"), self_context=0.0)
+  for switch, fade in ((1.0, 0.0), (0.0, 0.0), (1.0, 1.0)):
+    cfg = dataclasses.replace(base, backdrop_switch=switch, context_fade=fade, context_fade_min=0.25)
+    clips, cond = step_mod.train_batch(cfg, 0)
+    params = step_mod.initial_params(cfg)
+    for key in (jax.random.key(1), jax.random.key(5)):
+      shown.clear()
+      cj = jax.tree.map(jnp.asarray, cond)
+      step_mod.loss_fn(params, step_mod._graphdef(cfg), cfg, jnp.asarray(clips), key, cj)
+      x, t, context = shown[0]
+      np.testing.assert_array_equal(context, cond["context"])
+      clean = t == 0
+      assert clean.any() and (~clean).any()
+      want = np.asarray(cond["before"] if switch else clips, np.float64)
+      bg = np.asarray(cond["bg_before"] if switch else cond["bg"], np.float64)
+      for b, f in zip(*np.nonzero(clean)):
+        if not fade:
+          np.testing.assert_allclose(x[b, f], want[b, f], atol=1e-6)
+        else:
+          d = want[b, f] - bg[b]
+          a = np.sum((x[b, f] - bg[b]) * d) / np.sum(d * d)
+          np.testing.assert_allclose(x[b, f], bg[b] + a * d, atol=1e-5)
+      for b, f in zip(*np.nonzero(~clean)):  # noised target frames: correlated with the target, not `before`
+        if switch and t[b, f] < 300:
+          assert np.abs(x[b, f] - clips[b, f]).mean() < np.abs(x[b, f] - cond["before"][b, f]).mean()
+
+
+def test_bad_backdrop_settings_are_refused(tiny):
+  with pytest.raises(ValueError, match="backdrops"):
+    dataclasses.replace(tiny, backdrops=("black", "pink"))
+  with pytest.raises(ValueError, match="backdrops"):
+    dataclasses.replace(tiny, backdrops="black")
+  with pytest.raises(ValueError, match="backdrop_switch"):
+    dataclasses.replace(tiny, backdrops=("black",), backdrop_switch=0.5)
+
+
+def test_a_demo_folder_can_start_a_fine_tune(tmp_path):
+  """init = a demo folder (rf_jax/assets/demo's format): the parameters are its tensors."""
+  from rf_jax import demo
+  from rf_jax.registry import flatten
+  tiny = load_train_config(TINY)
+  params = step_mod.initial_params(dataclasses.replace(tiny, seed=3))
+  demo.write_demo(str(tmp_path / "d"), tiny.model, params, {"frame_hw": [16, 16]})
+  got = step_mod.initial_params(dataclasses.replace(tiny, init=str(tmp_path / "d")))
+  want = flatten(params)
+  for p, v in flatten(got).items():
+    np.testing.assert_array_equal(np.asarray(v), np.asarray(want[p]))

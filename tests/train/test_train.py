@@ -93,3 +93,23 @@ def test_data_parallel_training_on_two_devices_matches_one(whole, tmp_path):
   import jax
   for x, y in zip(jax.tree.leaves(_params(out)), jax.tree.leaves(_params(run))):
     np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=0, atol=2e-4)  # sums over the batch reorder
+
+
+def test_a_conditional_model_trains_with_one_compile_and_reads_its_words(tmp_path):
+  """backdrops: the loop feeds each step's words and switched context (one compile); the exported model's output
+  depends on the word it is given."""
+  import jax.numpy as jnp
+  from rf_jax.checkpoint import load_model
+  from rf_jax.text.words import WordEncoder
+  cfg = dataclasses.replace(load_train_config(TINY), steps=10, save_every=10, log_every=5,
+                            backdrops=("black", "red"), backdrop_switch=0.5)
+  out = str(tmp_path / "cond")
+  result = train(cfg, out, progress=False)
+  assert result["compile_count"] == 1 and result["ran"] == 10
+  assert all("switch_fraction" in m for m in _metrics(out, ("step", "switch_fraction")))
+  model = load_model(os.path.join(out, "model"))
+  words = WordEncoder.fixed(cfg.backdrops, cfg.model.text_dim)
+  x = jnp.asarray(np.random.default_rng(0).normal(size=(1, 3, 16, 16, 3)), jnp.float32)
+  flows = [model.forward_train(x, jnp.full((1, 3), 500.0), jnp.asarray(words([w], cfg.model.text_len)),
+                               chunk_frames=3) for w in cfg.backdrops]
+  assert float(jnp.abs(flows[0] - flows[1]).max()) > 1e-4
