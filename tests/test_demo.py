@@ -163,11 +163,12 @@ def test_the_shipped_demo_moves_and_keeps_its_shapes_for_30_seconds():
     assert got["consistency"] >= CONSISTENCY_FLOOR[span], (span, got)
 
 
-def test_the_shipped_backdrop_demo_follows_a_prompt_switch_and_keeps_moving(tmp_path):
+def test_the_shipped_backdrop_demo_follows_a_prompt_switch_and_starts_from_an_image(tmp_path):
   """The conditional demo as a user runs it: `generate --demo backdrop --prompt blue --switch 24:red`. Every frame's
   backdrop (its median pixel) is within NEAR of blue before the switch and of red from 4 chunks after it (the
   backdrops are more than 2 NEAR apart, so a frame near one is near no other); the shapes keep moving; the video and
-  the switch's marker are written."""
+  the switch's marker are written. Then `--image` with `--prompt green`: the image is frame 0 and the backdrop stays
+  green."""
   from rf_jax.data.shapes import BACKDROPS
   assert os.path.isfile(os.path.join(demo.BACKDROP_DIR, "model.safetensors")), \
       f"the shipped conditional demo is missing from {demo.BACKDROP_DIR}"
@@ -182,6 +183,18 @@ def test_the_shipped_backdrop_demo_follows_a_prompt_switch_and_keeps_moving(tmp_
   summary = json.loads((out / "summary.json").read_text())
   assert summary["switches"][0]["frame"] == 24 and summary["recache"] == "all_memory"
   assert probe(str(out / "video.mp4"))["frames"] == 48 and os.path.exists(out / "motion.png")
+  # image-to-video under a prompt: a dataset frame over green is frame 0, and the video stays green
+  from PIL import Image
+  from rf_jax.data.shapes import ShapesConfig, shapes_clip
+  frame = shapes_clip(ShapesConfig(), seed=5, index=0, frames=1, background=BACKDROPS["green"])[0]
+  Image.fromarray(np.rint((frame + 1) * 127.5).astype(np.uint8)).save(tmp_path / "first.png")
+  i2v = tmp_path / "i2v"
+  assert cli.main(["generate", "--demo", "backdrop", "--image", str(tmp_path / "first.png"), "--prompt", "green",
+                   "--frames", "12", "--out", str(i2v), "--quiet"]) == 0
+  videos = np.moveaxis(np.load(i2v / "latents.npy"), 2, -1)  # [1, 13, H, W, 3]
+  np.testing.assert_allclose(videos[0, 0], frame, atol=1 / 127.5)
+  assert demo.backdrop_distance(videos, BACKDROPS["green"]).max() < NEAR
+  assert probe(str(i2v / "video.mp4"))["frames"] == 13
 
 
 NEAR = 0.06  # of a backdrop colour, largest channel difference on [0, 1] pixels
