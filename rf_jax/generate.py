@@ -247,8 +247,6 @@ def generate_request(req: GenerateRequest, out: str, *, force: bool = False, pro
   prompts = list(req.prompts)
   if prompts and req.text_embeddings:
     raise ValueError("give text as --prompt/--prompts or as --text-embeddings, not both")
-  if req.switches and len(prompts) != 1:
-    raise ValueError("prompt switches need exactly one starting prompt (--prompt TEXT, then --switch FRAME:TEXT)")
   demo_info, words = None, None
   if req.source.origin is pipeline.DiTOrigin.DEMO:
     from rf_jax import demo
@@ -260,8 +258,10 @@ def generate_request(req: GenerateRequest, out: str, *, force: bool = False, pro
     if words is not None and req.text_embeddings:
       raise ValueError(f"--demo {req.source.demo_model.value} reads one-word prompts ({', '.join(words.words)}): "
                        "give --prompt, not --text-embeddings")
-    if words is not None and not prompts and not req.switches:
-      prompts = [demo_info["default_prompt"]] * req.batch
+    if words is not None and not prompts:  # its default prompt (the first of a switching video's)
+      prompts = [demo_info["default_prompt"]] * (1 if req.switches else req.batch)
+  if req.switches and len(prompts) != 1:
+    raise ValueError("prompt switches need exactly one starting prompt (--prompt TEXT, then --switch FRAME:TEXT)")
   policy = resolve_policy(req, demo_info)
   policy.check(req.chunk_frames)  # bad memory settings are named now, before any model is loaded
   sources = pipeline.resolve_sources(req.source.path if req.source.origin is pipeline.DiTOrigin.CHECKPOINT else None,

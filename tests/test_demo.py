@@ -105,6 +105,10 @@ def test_the_backdrop_demo_reads_one_word_prompts_and_switches(backdrop_dir, tmp
   assert cli.main(["generate", "--demo", "backdrop", "--out", str(out), "--quiet"]) == 0
   summary = json.loads((out / "summary.json").read_text())
   assert summary["source"]["demo"] == backdrop_dir and summary["prompts"] == ["black"]
+  out = tmp_path / "default_then_red"  # a switch without --prompt starts from the default prompt
+  assert cli.main(["generate", "--demo", "backdrop", "--switch", "6:red", "--out", str(out), "--quiet",
+                   "--no-video"]) == 0
+  assert json.loads((out / "summary.json").read_text())["prompts"] == ["black", "red"]
   out = tmp_path / "switch"
   assert cli.main(["generate", "--demo", "backdrop", "--prompt", "blue", "--switch", "6:red", "--out", str(out),
                    "--quiet"]) == 0

@@ -71,6 +71,8 @@ def test_image_to_video_with_the_tiny_preset_and_the_demo(tmp_path, image):
 
 @pytest.mark.parametrize("argv,message", [
     (["--prompt", "a", "--switch", "99:b"], "switch frame 99 is past the end"),
+    (["--prompt", "a", "--prompt", "b", "--switch", "6:c"], "exactly one starting prompt"),
+    (["--switch", "6:c"], "exactly one starting prompt"),
     (["--prompt", "a", "--switch", "9:b", "--switch", "6:c"], "not sorted"),
     (["--prompt", "a", "--switch", "6:"], "the prompt is empty"),
     (["--prompt", "a", "--switch", "six:b"], "expected FRAME:PROMPT"),
