@@ -126,3 +126,46 @@ def test_upstream_mode_re_keys_the_entries_each_layer_holds_at_a_switch():
     np.testing.assert_array_equal(getattr(after, name), getattr(before, name))
   assert sorted(int(x) for x, k in zip(np.asarray(info["frames"]).reshape(-1), np.asarray(info["keys"]).reshape(-1))
                 if k) == sorted(held | {other})
+
+
+def test_upstream_mode_keeps_a_global_sink_at_a_switch():
+  """With LongLive's global sink (the default) and the fast window past the sink, the upstream re-cache leaves the
+  sink slots as they were in every layer and re-keys the others; the video after the switch is finite and differs
+  from a switch without a re-cache."""
+  import dataclasses
+  from flax import nnx
+  from rf_jax.config import get_preset
+  from rf_jax.memory import SlowFastUpstreamPolicy
+  from rf_jax.model import CausalWanDiT
+  from rf_jax.sampling import PromptSchedule, Rollout, Sampler
+  cfg = dataclasses.replace(get_preset("tiny"), dim=32, ffn_dim=64, num_heads=2, freq_dim=16, text_dim=8, text_len=4)
+  model = CausalWanDiT(cfg, rngs=nnx.Rngs(0))
+  policy = SlowFastUpstreamPolicy(sink_frames=2, slow_frames=2, fast_frames=6, rope_length=12, threshold=2.0)
+  r = Rollout(model, policy, Sampler.from_steps(), batch=1, latent_hw=(4, 4), frames=18)
+  assert r.recache.value == "all_memory" and r.global_sink
+  rng = np.random.default_rng(0)
+  old, new = (r.text_kv(jnp.asarray(rng.normal(size=(1, 4, 8)), jnp.float32)) for _ in range(2))
+  state, history = r.init_state(), np.zeros((1, 18, 4, 4, 16), np.float32)
+  for j in range(4):
+    state, out = r.step(state, old, j, *r.noise(jax.random.key(1), j))
+    history[:, 3 * j:3 * j + 3] = np.asarray(out.latents)
+  before = jax.tree.map(np.asarray, state)
+  frames = r.recache_frames(state, 12)
+  state, _, info = r.recache_call(state, new, r.gather_frames(history, frames), 12, frames=frames)
+  after = jax.tree.map(np.asarray, state)
+  np.testing.assert_array_equal(after.k[:, :, :, :2], before.k[:, :, :, :2])  # the sink slots
+  np.testing.assert_array_equal(after.v[:, :, :, :2], before.v[:, :, :, :2])
+  held = before.table >= 0  # [L, R]
+  moved = np.abs(after.k - before.k).max(axis=(1, 2, 4, 5))  # [L, R]
+  # layer 1's keys see the prompt (through layer 0's cross-attention): every held slot after the sink moves. Layer
+  # 0's keys see only the latents, so its fast slots (the clean refill's keys) are re-keyed to the same values, and
+  # its slow slots move because upstream promoted them from a noisy call.
+  assert (moved[1, 2:][held[1, 2:]] > 1e-4).all() and (moved[:, 2:][~held[:, 2:]] == 0).all()
+  assert (moved[0, 2:4] > 1e-4).all() and np.allclose(moved[0, 4:], 0)
+  keyed = sorted(int(f) for f, k in zip(np.asarray(info["frames"]), np.asarray(info["keys"])) if k)
+  assert keyed == sorted(set(before.table[before.table >= 2].tolist()))
+  ctx = rng.normal(size=(2, 1, 4, 8)).astype(np.float32)  # [K, B, P, D]: two prompts
+  runs = [Rollout(model, policy, Sampler.from_steps(), batch=1, latent_hw=(4, 4), frames=18, recache=rc).run(
+      ctx, key=jax.random.key(0), schedule=PromptSchedule((12,)))[0] for rc in ("all_memory", "none")]
+  assert np.isfinite(runs[0]).all() and np.abs(runs[0][:, 12:] - runs[1][:, 12:]).max() > 1e-4
+  np.testing.assert_array_equal(runs[0][:, :12], runs[1][:, :12])
