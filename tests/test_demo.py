@@ -18,13 +18,20 @@ CFG = ModelConfig(dim=32, ffn_dim=64, num_heads=2, num_layers=2, in_dim=3, out_d
                   text_len=2, patch_size=(1, 4, 4))
 
 
-@pytest.fixture
-def demo_dir(tmp_path, monkeypatch):
-  model = CausalWanDiT(CFG, rngs=nnx.Rngs(0))
-  folder = str(tmp_path / "demo")
+def random_demo(folder: str, seed: int, **info) -> CausalWanDiT:
+  """Writes a demo folder of a random CFG model (`demo.write_demo`): a 2-step sampler, 16x16 frames, 12 frames by
+  default; `info` adds to demo.json or replaces its entries."""
+  model = CausalWanDiT(CFG, rngs=nnx.Rngs(seed))
   demo.write_demo(folder, CFG, nnx.to_pure_dict(nnx.state(model, nnx.Param)),
                   {"sampler": {"steps": [1000, 500], "shift": 3.0, "eta": 0.0}, "frame_hw": [16, 16],
-                   "default_frames": 12, "fps": 16})
+                   "default_frames": 12, "fps": 16, **info})
+  return model
+
+
+@pytest.fixture
+def demo_dir(tmp_path, monkeypatch):
+  folder = str(tmp_path / "demo")
+  model = random_demo(folder, 0)
   monkeypatch.setattr(demo, "ASSET_DIR", folder)
   return folder, model
 
@@ -54,12 +61,9 @@ def test_generate_without_a_model_writes_the_demo_video(demo_dir, tmp_path):
 
 def test_the_demo_runs_with_its_own_memory_unless_told_otherwise(tmp_path, monkeypatch):
   from rf_jax.memory import RelaxPolicy, WindowPolicy, policy_to_dict
-  model = CausalWanDiT(CFG, rngs=nnx.Rngs(0))
   folder = str(tmp_path / "demo")
-  demo.write_demo(folder, CFG, nnx.to_pure_dict(nnx.state(model, nnx.Param)),
-                  {"sampler": {"steps": [1000], "shift": 3.0, "eta": 0.0}, "frame_hw": [16, 16],
-                   "default_frames": 9, "fps": 16, "memory": {"policy": "window", "window_frames": 6,
-                                                             "sink_frames": 3}})
+  random_demo(folder, 0, sampler={"steps": [1000], "shift": 3.0, "eta": 0.0}, default_frames=9,
+              memory={"policy": "window", "window_frames": 6, "sink_frames": 3})
   monkeypatch.setattr(demo, "ASSET_DIR", folder)
   for i, (argv, want) in enumerate([
       ([], WindowPolicy(window_frames=6, sink_frames=3)),  # demo.json's memory
@@ -82,13 +86,9 @@ def test_the_demo_takes_no_prompt_and_a_missing_demo_is_named(demo_dir, tmp_path
 def backdrop_dir(tmp_path, monkeypatch):
   """A small random conditional demo (demo.json with prompts and a default prompt) as --demo backdrop."""
   from rf_jax.text.words import WordEncoder
-  model = CausalWanDiT(CFG, rngs=nnx.Rngs(1))
   folder = str(tmp_path / "demo_backdrop")
-  demo.write_demo(folder, CFG, nnx.to_pure_dict(nnx.state(model, nnx.Param)),
-                  {"sampler": {"steps": [1000, 500], "shift": 3.0, "eta": 0.0}, "frame_hw": [16, 16],
-                   "default_frames": 12, "fps": 16, "memory": {"policy": "window", "window_frames": 6},
-                   "prompts": WordEncoder.fixed(("black", "blue", "red"), CFG.text_dim).to_dict(),
-                   "default_prompt": "black"})
+  random_demo(folder, 1, memory={"policy": "window", "window_frames": 6},
+              prompts=WordEncoder.fixed(("black", "blue", "red"), CFG.text_dim).to_dict(), default_prompt="black")
   monkeypatch.setattr(demo, "BACKDROP_DIR", folder)
   return folder
 

@@ -66,30 +66,37 @@ def test_invalid_settings():
     policy_from_dict({"policy": "slow_fast", "mode": "fast"})
 
 
-def test_upstream_mode_re_keys_the_entries_each_layer_holds_at_a_switch():
-  """slow_fast upstream, recache all_memory: the frames re-run are every frame any layer holds (here layer 1 is made
-  to hold another slow frame than layer 0); afterwards each layer's slots hold the keys and values of their own
-  frame from one forward of those frames with the new prompt (the DiT called directly, at the positions the policy
-  documents: the sink at its frames, the rest in frame order up to just before the switch chunk's first position),
-  turned to frame 0 as the cache keeps them; slots of frames that were not re-run and the bookkeeping are unchanged."""
+def upstream_before_a_switch(policy, **rollout_kw):
+  """A small random model under `policy`, 4 chunks run with one prompt: (model, rollout, the old and new prompts'
+  text, the state before the chunk at frame 12, the output frames so far [1, 18, 4, 4, 16])."""
+  import dataclasses
   from flax import nnx
   from rf_jax.config import get_preset
-  from rf_jax.memory import SlowFastUpstreamPolicy
-  from rf_jax.memory.reservoir import stored_kv
   from rf_jax.model import CausalWanDiT
   from rf_jax.sampling import Rollout, Sampler
-  import dataclasses
   cfg = dataclasses.replace(get_preset("tiny"), dim=32, ffn_dim=64, num_heads=2, freq_dim=16, text_dim=8, text_len=4)
   model = CausalWanDiT(cfg, rngs=nnx.Rngs(0))
-  policy = SlowFastUpstreamPolicy(sink_frames=1, slow_frames=2, fast_frames=6, rope_length=12, threshold=2.0)
-  sampler = Sampler.from_steps()
-  r = Rollout(model, policy, sampler, batch=1, latent_hw=(4, 4), frames=18, recache="all_memory", global_sink=False)
+  r = Rollout(model, policy, Sampler.from_steps(), batch=1, latent_hw=(4, 4), frames=18, **rollout_kw)
   rng = np.random.default_rng(0)
   old, new = (r.text_kv(jnp.asarray(rng.normal(size=(1, 4, 8)), jnp.float32)) for _ in range(2))
   state, history = r.init_state(), np.zeros((1, 18, 4, 4, 16), np.float32)
   for j in range(4):
     state, out = r.step(state, old, j, *r.noise(jax.random.key(1), j))
     history[:, 3 * j:3 * j + 3] = np.asarray(out.latents)
+  return model, r, old, new, state, history
+
+
+def test_upstream_mode_re_keys_the_entries_each_layer_holds_at_a_switch():
+  """slow_fast upstream, recache all_memory: the frames re-run are every frame any layer holds (here layer 1 is made
+  to hold another slow frame than layer 0); afterwards each layer's slots hold the keys and values of their own
+  frame from one forward of those frames with the new prompt (the DiT called directly, at the positions the policy
+  documents: the sink at its frames, the rest in frame order up to just before the switch chunk's first position),
+  turned to frame 0 as the cache keeps them; slots of frames that were not re-run and the bookkeeping are unchanged."""
+  from rf_jax.memory import SlowFastUpstreamPolicy
+  from rf_jax.memory.reservoir import stored_kv
+  policy = SlowFastUpstreamPolicy(sink_frames=1, slow_frames=2, fast_frames=6, rope_length=12, threshold=2.0)
+  model, r, old, new, state, history = upstream_before_a_switch(policy, recache="all_memory", global_sink=False)
+  sampler = r.sampler
   table = np.asarray(state.table).copy()
   assert (table[0] == table[1]).all()
   held = set(table[table >= 0].tolist())
@@ -132,23 +139,11 @@ def test_upstream_mode_keeps_a_global_sink_at_a_switch():
   """With LongLive's global sink (the default) and the fast window past the sink, the upstream re-cache leaves the
   sink slots as they were in every layer and re-keys the others; the video after the switch is finite and differs
   from a switch without a re-cache."""
-  import dataclasses
-  from flax import nnx
-  from rf_jax.config import get_preset
   from rf_jax.memory import SlowFastUpstreamPolicy
-  from rf_jax.model import CausalWanDiT
   from rf_jax.sampling import PromptSchedule, Rollout, Sampler
-  cfg = dataclasses.replace(get_preset("tiny"), dim=32, ffn_dim=64, num_heads=2, freq_dim=16, text_dim=8, text_len=4)
-  model = CausalWanDiT(cfg, rngs=nnx.Rngs(0))
   policy = SlowFastUpstreamPolicy(sink_frames=2, slow_frames=2, fast_frames=6, rope_length=12, threshold=2.0)
-  r = Rollout(model, policy, Sampler.from_steps(), batch=1, latent_hw=(4, 4), frames=18)
+  model, r, old, new, state, history = upstream_before_a_switch(policy)
   assert r.recache.value == "all_memory" and r.global_sink
-  rng = np.random.default_rng(0)
-  old, new = (r.text_kv(jnp.asarray(rng.normal(size=(1, 4, 8)), jnp.float32)) for _ in range(2))
-  state, history = r.init_state(), np.zeros((1, 18, 4, 4, 16), np.float32)
-  for j in range(4):
-    state, out = r.step(state, old, j, *r.noise(jax.random.key(1), j))
-    history[:, 3 * j:3 * j + 3] = np.asarray(out.latents)
   before = jax.tree.map(np.asarray, state)
   frames = r.recache_frames(state, 12)
   state, _, info = r.recache_call(state, new, r.gather_frames(history, frames), 12, frames=frames)
@@ -164,7 +159,7 @@ def test_upstream_mode_keeps_a_global_sink_at_a_switch():
   assert (moved[0, 2:4] > 1e-4).all() and np.allclose(moved[0, 4:], 0)
   keyed = sorted(int(f) for f, k in zip(np.asarray(info["frames"]), np.asarray(info["keys"])) if k)
   assert keyed == sorted(set(before.table[before.table >= 2].tolist()))
-  ctx = rng.normal(size=(2, 1, 4, 8)).astype(np.float32)  # [K, B, P, D]: two prompts
+  ctx = np.random.default_rng(1).normal(size=(2, 1, 4, 8)).astype(np.float32)  # [K, B, P, D]: two prompts
   runs = [Rollout(model, policy, Sampler.from_steps(), batch=1, latent_hw=(4, 4), frames=18, recache=rc).run(
       ctx, key=jax.random.key(0), schedule=PromptSchedule((12,)))[0] for rc in ("all_memory", "none")]
   assert np.isfinite(runs[0]).all() and np.abs(runs[0][:, 12:] - runs[1][:, 12:]).max() > 1e-4
